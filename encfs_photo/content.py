@@ -1,0 +1,240 @@
+"""File bytes <-> encrypted chunk objects.
+
+A file is a sparse map ``chunk index -> ChunkRef``; chunk ``i`` holds the
+plaintext bytes ``[i*chunk_size, i*chunk_size + ref.length)``. Bytes of the
+file past ``ref.length`` (or in a chunk with no ref) read as zeros, which is
+what makes holes and truncate-up free. A chunk object is a run of AEAD blocks
+(crypto.seal_chunk), so a read fetches and authenticates only the blocks it
+needs, with one ranged get.
+
+Callers: `fs`. Imports crypto, errors and the store contract; nothing above.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+
+from . import crypto
+from .errors import IntegrityError, StoreError, StoreNotFoundError
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+DATA_PREFIX = "data/"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """A sealed chunk: its object id and how many plaintext bytes it holds."""
+
+    object_id: bytes
+    length: int
+
+    @property
+    def key(self) -> str:
+        return DATA_PREFIX + self.object_id.hex()
+
+
+# ---- offset arithmetic (pure; tested on its own)
+
+
+def chunk_span(offset: int, size: int, chunk_size: int) -> range:
+    """Indexes of the chunks that bytes [offset, offset+size) touch."""
+    if size <= 0:
+        return range(0)
+    return range(offset // chunk_size, (offset + size - 1) // chunk_size + 1)
+
+
+def block_span(start: int, end: int, block_size: int) -> range:
+    """Indexes of the blocks that bytes [start, end) of a chunk touch."""
+    if end <= start:
+        return range(0)
+    return range(start // block_size, (end - 1) // block_size + 1)
+
+
+def nblocks(length: int, block_size: int) -> int:
+    return max(1, -(-length // block_size))
+
+
+def block_offset(index: int, block_size: int) -> int:
+    """Byte offset of block ``index`` inside a chunk object."""
+    return index * crypto.block_ciphertext_len(block_size)
+
+
+class ChunkIO:
+    """Seals, stores and reads chunk objects; keeps recently decrypted blocks.
+
+    Puts run on a small thread pool so that encrypting the next chunk overlaps
+    with storing the previous one; at most ``max_inflight`` puts are pending
+    (back-pressure on writers). ``wait_puts`` is the barrier a commit calls
+    before it stores metadata referencing these objects. A failed put keeps its
+    bytes and is retried by the next ``wait_puts``, so nothing sealed is lost.
+    """
+
+    def __init__(self, store: ObjectStore, vault_id: bytes, content_key: bytes, block_size: int,
+                 chunk_size: int, block_cache_bytes: int = 32 << 20, max_inflight: int = 4) -> None:
+        self.store = store
+        self.vault_id = vault_id
+        self.block_size = block_size
+        self.chunk_size = chunk_size
+        self._key = content_key
+        self._blocks: LRUCache = LRUCache(maxsize=max(1, block_cache_bytes // block_size))
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encfs-put")
+        self._slots = threading.BoundedSemaphore(max_inflight)
+        self._inflight: dict[str, tuple[Future | None, bytes]] = {}
+        self._failed = 0  # puts that failed and wait, with their bytes, for a retry
+
+    def pending_bytes(self) -> int:
+        """Ciphertext held in memory: puts in flight and failed puts awaiting a retry."""
+        with self._lock:
+            return sum(len(body) for _, body in self._inflight.values())
+
+    def write(self, plaintext: bytes) -> ChunkRef:
+        if self._failed:
+            # Earlier puts failed (full disk, store down): retry them before
+            # taking more, so a writer gets the error instead of memory growing.
+            self.wait_puts()
+        pad = len(plaintext) < self.chunk_size
+        object_id, body = crypto.seal_chunk(self._key, self.vault_id, plaintext, self.block_size, pad)
+        ref = ChunkRef(object_id, len(plaintext))
+        self._slots.acquire()
+        with self._lock:
+            self._inflight[ref.key] = (None, body)
+            self._inflight[ref.key] = (self._pool.submit(self._put, ref.key, body), body)
+        return ref
+
+    def _put(self, key: str, body: bytes) -> None:
+        try:
+            # Durable at the next journal commit, which flushes the store first.
+            self.store.put(key, body, durable=False)
+        except BaseException:
+            with self._lock:
+                self._failed += 1
+            raise
+        else:
+            # Stored: readers find it in the store now, so the bytes leave
+            # memory at once (memory stays bounded by max_inflight chunks).
+            with self._lock:
+                entry = self._inflight.get(key)
+                if entry is not None and entry[1] is body:
+                    del self._inflight[key]
+        finally:
+            self._slots.release()
+
+    def wait_puts(self) -> None:
+        """Return when every sealed chunk is stored (retrying failed puts once); raise if one still fails."""
+        with self._lock:
+            pending = list(self._inflight.items())
+            self._failed = 0
+        error: Exception | None = None
+        for key, (fut, body) in pending:
+            try:
+                if fut is None:
+                    # No put running: this one failed at an earlier wait and was
+                    # kept for this retry; it is not stored yet.
+                    raise StoreError(f"{key}: earlier put failed")
+                fut.result()
+            except Exception:  # noqa: BLE001 - retried below; the second failure is raised
+                try:
+                    self.store.put(key, body, durable=False)
+                except Exception as exc:  # noqa: BLE001
+                    with self._lock:
+                        self._inflight[key] = (None, body)  # kept for the next attempt
+                        self._failed += 1
+                    error = error or exc
+                    continue
+            with self._lock:
+                if self._inflight.get(key, (None, None))[1] is body:
+                    del self._inflight[key]
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def abandon(self, ref: ChunkRef) -> bool:
+        """Drop a chunk that no commit has referenced yet (its put may still be pending or failed).
+
+        True if it was such a chunk (and is now gone); False for a committed
+        chunk, which must wait until a batch that drops it is stored.
+        """
+        with self._lock:
+            pending = self._inflight.pop(ref.key, None)
+        if pending is None:
+            return False
+        self._delete(ref, pending[0])
+        return True
+
+    def delete(self, ref: ChunkRef) -> None:
+        with self._lock:
+            pending = self._inflight.pop(ref.key, None)
+        self._delete(ref, pending[0] if pending else None)
+
+    def _delete(self, ref: ChunkRef, fut: Future | None) -> None:
+        if fut is not None:
+            try:
+                fut.result()  # a put still running would re-create the object after the delete
+            except Exception:  # noqa: BLE001 - it is being deleted anyway
+                pass
+        self.store.delete(ref.key)
+        with self._lock:
+            for i in range(nblocks(ref.length, self.block_size)):
+                self._blocks.pop((ref.object_id, i), None)
+
+    def read(self, ref: ChunkRef, start: int, end: int) -> bytes:
+        """Plaintext bytes [start, end) of the chunk; end is clamped to ref.length."""
+        end = min(end, ref.length)
+        if end <= start:
+            return b""
+        bs = self.block_size
+        span = block_span(start, end, bs)
+        blocks: list[bytes | None] = []
+        with self._lock:
+            for i in span:
+                blocks.append(self._blocks.get((ref.object_id, i)))
+        missing = [i for i, b in zip(span, blocks, strict=True) if b is None]
+        if missing:
+            fetched = self._fetch(ref, missing[0], missing[-1])
+            with self._lock:
+                for i in range(missing[0], missing[-1] + 1):
+                    self._blocks[(ref.object_id, i)] = fetched[i - missing[0]]
+            blocks = [b if b is not None else fetched[i - missing[0]] for i, b in zip(span, blocks, strict=True)]
+        data = b"".join(blocks)  # type: ignore[arg-type]
+        first = span.start * bs
+        return data[start - first:end - first]
+
+    def _fetch(self, ref: ChunkRef, first: int, last: int) -> list[bytes]:
+        bs = self.block_size
+        total = nblocks(ref.length, bs)
+        cbs = crypto.block_ciphertext_len(bs)
+        offset = block_offset(first, bs)
+        last_len = ref.length - (total - 1) * bs
+        want = (last - first) * cbs + (crypto.block_ciphertext_len(last_len) if last == total - 1 else cbs)
+        with self._lock:
+            pending = self._inflight.get(ref.key)
+        try:
+            raw = pending[1][offset:offset + want] if pending else self.store.get(ref.key, offset, want)
+        except StoreNotFoundError:
+            log.error("integrity: chunk object %s is missing from the store", ref.key)
+            raise IntegrityError(f"chunk object {ref.key} is missing") from None
+        if len(raw) != want:
+            log.error("integrity: chunk object %s is truncated (%d of %d bytes)", ref.key, len(raw), want)
+            raise IntegrityError(f"chunk object {ref.key} is truncated")
+        cipher = crypto.ChunkCipher(self._key, self.vault_id, ref.object_id, total)
+        out = []
+        pos = 0
+        for i in range(first, last + 1):
+            n = cbs if i < total - 1 else crypto.block_ciphertext_len(last_len)
+            try:
+                out.append(cipher.open_block(i, raw[pos:pos + n]))
+            except IntegrityError:
+                log.error("integrity: chunk object %s block %d failed authentication", ref.key, i)
+                raise
+            pos += n
+        return out

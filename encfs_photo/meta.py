@@ -1,0 +1,361 @@
+"""The namespace (inodes, directory entries) and its encrypted journal.
+
+In memory: every inode and directory as plain Python objects, which makes
+``stat`` and ``readdir`` dictionary look-ups. In the store: an append-only
+chain of encrypted batches ``journal/<name(seq)>``. A batch holds either the
+changes since the previous batch (a delta) or the whole namespace (a
+snapshot); each carries the SHA-256 of the previous batch's stored bytes, so a
+dropped, reordered or replaced batch breaks the chain. Object names are
+HMACs of the sequence number: random-looking in the bucket, yet found by
+recomputing them. A batch is created with if-none-match, so a second writer
+loses visibly instead of overwriting.
+
+Callers: `fs`. Imports crypto, content (ChunkRef), errors, store contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import stat as st
+import time
+from collections.abc import Iterable
+
+from . import crypto
+from .content import ChunkRef
+from .errors import ConflictError, IntegrityError, PreconditionFailedError, StoreNotFoundError
+from .state import RollbackGuard
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+JOURNAL_PREFIX = "journal/"
+ROOT_INO = 1
+SNAPSHOT_EVERY = 256  # batches between snapshots, so opening replays a bounded tail
+_ZERO_HASH = bytes(32)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def _name_to_str(name: bytes) -> str:
+    # JSON holds any byte string this way: invalid UTF-8 becomes lone
+    # surrogates, which json escapes as \udcXX and reads back unchanged.
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _str_to_name(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+class Inode:
+    __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime", "mtime", "ctime", "rdev",
+                 "target", "chunks", "xattrs", "children", "parent")
+
+    def __init__(self, ino: int, mode: int, uid: int, gid: int, t: int | None = None) -> None:
+        t = now_ns() if t is None else t
+        self.ino = ino
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.nlink = 2 if st.S_ISDIR(mode) else 1
+        self.size = 0
+        self.atime = self.mtime = self.ctime = t
+        self.rdev = 0
+        self.target: bytes | None = None
+        self.chunks: dict[int, ChunkRef] = {}
+        self.xattrs: dict[bytes, bytes] = {}
+        self.children: dict[bytes, int] | None = {} if st.S_ISDIR(mode) else None
+        self.parent = 0
+
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    def to_record(self) -> dict:
+        r: dict = {"i": self.ino, "m": self.mode, "u": self.uid, "g": self.gid, "n": self.nlink, "s": self.size,
+                   "a": self.atime, "t": self.mtime, "c": self.ctime}
+        if self.rdev:
+            r["r"] = self.rdev
+        if self.target is not None:
+            r["l"] = _name_to_str(self.target)
+        if self.chunks:
+            r["k"] = [[i, ref.object_id.hex(), ref.length] for i, ref in sorted(self.chunks.items())]
+        if self.xattrs:
+            r["x"] = [[_name_to_str(k), base64.b64encode(v).decode()] for k, v in self.xattrs.items()]
+        if self.children is not None:
+            r["p"] = self.parent
+        return r
+
+    @classmethod
+    def from_record(cls, r: dict) -> Inode:
+        node = cls(int(r["i"]), int(r["m"]), int(r["u"]), int(r["g"]), 0)
+        node.nlink = int(r["n"])
+        node.size = int(r["s"])
+        node.atime, node.mtime, node.ctime = int(r["a"]), int(r["t"]), int(r["c"])
+        node.rdev = int(r.get("r", 0))
+        if "l" in r:
+            node.target = _str_to_name(r["l"])
+        node.chunks = {int(i): ChunkRef(bytes.fromhex(h), int(n)) for i, h, n in r.get("k", ())}
+        node.xattrs = {_str_to_name(k): base64.b64decode(v) for k, v in r.get("x", ())}
+        if node.children is not None:
+            node.parent = int(r.get("p", 0))
+        return node
+
+
+class Namespace:
+    """Inodes by number, with the set of changes not yet in the journal."""
+
+    def __init__(self) -> None:
+        self.inodes: dict[int, Inode] = {}
+        self.next_ino = ROOT_INO + 1
+        self.dirty: set[int] = set()
+        self.gone: set[int] = set()
+        self.dents: dict[tuple[int, bytes], int | None] = {}
+
+    def new_ino(self) -> int:
+        ino = self.next_ino
+        self.next_ino += 1
+        return ino
+
+    def add(self, node: Inode) -> None:
+        self.inodes[node.ino] = node
+        self.gone.discard(node.ino)
+        self.dirty.add(node.ino)
+
+    def touch(self, node: Inode) -> None:
+        self.dirty.add(node.ino)
+
+    def drop(self, ino: int) -> None:
+        self.inodes.pop(ino, None)
+        self.dirty.discard(ino)
+        self.gone.add(ino)
+
+    def set_entry(self, parent: Inode, name: bytes, ino: int | None) -> None:
+        assert parent.children is not None
+        if ino is None:
+            del parent.children[name]
+        else:
+            parent.children[name] = ino
+        self.dents[(parent.ino, name)] = ino
+
+    def pending(self) -> bool:
+        return bool(self.dirty or self.gone or self.dents)
+
+
+class Journal:
+    """Reads and appends the batch chain of one vault."""
+
+    def __init__(self, store: ObjectStore, vault_id: bytes, meta_key: bytes, names_key: bytes,
+                 guard: RollbackGuard | None = None) -> None:
+        self.store = store
+        self.guard = guard
+        self.vault_id = vault_id
+        self._meta_key = meta_key
+        self._names_key = names_key
+        self.seq = -1  # last batch written or read
+        self.prev = _ZERO_HASH
+        self.since_snapshot = 0
+        # A batch whose put failed: it may have landed all the same (a lost
+        # response), so the retry must send these very bytes, never a new
+        # encryption of the same sequence number.
+        self._unacked: tuple[int, bytes, bool] | None = None
+
+    def _key(self, seq: int) -> str:
+        return JOURNAL_PREFIX + crypto.journal_name(self._names_key, seq)
+
+    # ---- reading
+
+    def load(self) -> Namespace:
+        """Rebuild the namespace from the newest snapshot and the deltas after it."""
+        present = set(self.store.list(JOURNAL_PREFIX))
+        ns = Namespace()
+        if not present:
+            if self.guard is not None:
+                self.guard.check(-1, _ZERO_HASH, {})
+            # A new vault's root belongs to whoever mounts it first (as mkfs -E root_owner).
+            root = Inode(ROOT_INO, st.S_IFDIR | 0o755, os.getuid(), os.getgid())
+            root.parent = ROOT_INO
+            ns.add(root)
+            return ns
+        # Map stored names to sequence numbers by recomputing names until
+        # every listed batch is accounted for (names that never match are not
+        # ours: leftovers of a lost race are impossible with if-none-match).
+        seqs: list[int] = []
+        seq = 0
+        remaining = len(present)
+        misses = 0
+        while remaining and misses < 100_000:
+            if self._key(seq) in present:
+                seqs.append(seq)
+                remaining -= 1
+                misses = 0
+            else:
+                misses += 1
+            seq += 1
+        if not seqs:
+            log.error("integrity: the store's journal objects are not this vault's")
+            raise IntegrityError("no journal batch of this vault found (objects under journal/ are foreign)")
+        head = seqs[-1]
+        contiguous = set(seqs)
+        # No writer ever leaves a hole in the chain, so a hole anywhere (even
+        # before the newest snapshot, where the walk below does not look) means
+        # a batch was dropped.
+        holes = sorted(set(range(seqs[0], head + 1)) - contiguous)
+        if holes:
+            log.error("integrity: journal batch %d is missing (head is %d)", holes[0], head)
+            raise IntegrityError(f"journal batch {holes[0]} is missing; the vault's metadata was tampered with")
+        # Walk back from the head to the newest snapshot; every batch between
+        # must exist, or a batch was dropped.
+        blobs: list[tuple[int, bytes, dict]] = []
+        s = head
+        while True:
+            if s not in contiguous:
+                log.error("integrity: journal batch %d is missing (head is %d)", s, head)
+                raise IntegrityError(f"journal batch {s} is missing; the vault's metadata was tampered with")
+            blob = self._get(s)
+            batch = self._decode(s, blob)
+            blobs.append((s, blob, batch))
+            if batch["kind"] == "snapshot":
+                break
+            if s == 0:
+                raise IntegrityError("journal has no snapshot or first batch")
+            s -= 1
+        blobs.reverse()
+        first_seq, _, first = blobs[0]
+        if first_seq == 0 and bytes.fromhex(first["prev"]) != _ZERO_HASH:
+            raise IntegrityError("journal batch 0 does not start the chain")
+        prev_hash = None
+        known: dict[int, bytes] = {}
+        for s, blob, batch in blobs:
+            if prev_hash is not None and bytes.fromhex(batch["prev"]) != prev_hash:
+                log.error("integrity: journal batch %d does not chain to batch %d", s, s - 1)
+                raise IntegrityError(f"journal batch {s} does not follow batch {s - 1}; refusing the vault")
+            self._apply(ns, batch)
+            prev_hash = crypto.sha256(blob)
+            known[s] = prev_hash
+        if self.guard is not None:
+            self.guard.check(head, prev_hash or _ZERO_HASH, known)
+            try:
+                self.guard.record(head, prev_hash or _ZERO_HASH)  # a device that only reads remembers too
+            except OSError as exc:
+                log.warning("could not record the journal head on this device: %s", exc)
+        self.seq = head
+        self.prev = prev_hash or _ZERO_HASH
+        self.since_snapshot = len(blobs) - 1
+        ns.dirty.clear()
+        ns.gone.clear()
+        ns.dents.clear()
+        if ROOT_INO not in ns.inodes:
+            raise IntegrityError("journal has no root directory")
+        return ns
+
+    def _get(self, seq: int) -> bytes:
+        try:
+            return self.store.get(self._key(seq))
+        except StoreNotFoundError:
+            log.error("integrity: journal batch %d is missing", seq)
+            raise IntegrityError(f"journal batch {seq} is missing") from None
+
+    def _decode(self, seq: int, blob: bytes) -> dict:
+        payload = crypto.open_blob(crypto.journal_key(self._meta_key, seq), crypto.journal_aad(self.vault_id, seq),
+                                   blob, f"journal batch {seq} ({self._key(seq)})")
+        try:
+            batch = json.loads(payload)
+            if batch["v"] != 1 or batch["seq"] != seq or batch["kind"] not in ("snapshot", "delta"):
+                raise ValueError("bad header")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"journal batch {seq}: unreadable ({exc})") from None
+        return batch
+
+    @staticmethod
+    def _apply(ns: Namespace, batch: dict) -> None:
+        try:
+            if batch["kind"] == "snapshot":
+                ns.inodes.clear()
+            for r in batch["inodes"]:
+                node = Inode.from_record(r)
+                old = ns.inodes.get(node.ino)
+                if old is not None and old.children is not None and node.children is not None:
+                    node.children = old.children
+                ns.inodes[node.ino] = node
+            for ino in batch["gone"]:
+                ns.inodes.pop(int(ino), None)
+            for d, name, ino in batch["dents"]:
+                parent = ns.inodes.get(int(d))
+                if parent is None or parent.children is None:
+                    continue
+                if ino is None:
+                    parent.children.pop(_str_to_name(name), None)
+                else:
+                    parent.children[_str_to_name(name)] = int(ino)
+            ns.next_ino = max(ns.next_ino, int(batch["next_ino"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"journal batch {batch.get('seq')}: malformed ({exc})") from None
+
+    # ---- writing
+
+    def _store_batch(self, seq: int, blob: bytes) -> None:
+        self.store.flush()  # every object this batch references is durable before it
+        try:
+            self.store.put(self._key(seq), blob, if_none_match=True)
+        except PreconditionFailedError:
+            try:
+                ours = self.store.get(self._key(seq)) == blob
+            except StoreNotFoundError:
+                ours = False
+            if not ours:
+                raise ConflictError("another writer appended to this vault's journal; this mount is now "
+                                    "read-only to avoid clobbering it") from None
+
+    def _advance(self, seq: int, blob: bytes, snapshot: bool) -> None:
+        self.seq = seq
+        self.prev = crypto.sha256(blob)
+        self.since_snapshot = 0 if snapshot else self.since_snapshot + 1
+        if self.guard is not None:
+            try:
+                self.guard.record(seq, self.prev)
+            except OSError as exc:  # the batch is stored; only rollback detection is weaker
+                log.warning("could not record the journal head on this device: %s", exc)
+
+    def commit(self, ns: Namespace, snapshot: bool = False) -> bool:
+        """Append the pending changes (or a full snapshot) as the next batch."""
+        if self._unacked is not None:
+            # Its changes are still pending in ns as well: storing the same
+            # upserts again in the next batch is harmless (they are idempotent).
+            useq, ublob, usnap = self._unacked
+            self._store_batch(useq, ublob)
+            self._unacked = None
+            self._advance(useq, ublob, usnap)
+        if not snapshot and not ns.pending():
+            return False
+        snapshot = snapshot or self.since_snapshot >= SNAPSHOT_EVERY or self.seq < 0
+        seq = self.seq + 1
+        if snapshot:
+            inodes: Iterable[Inode] = ns.inodes.values()
+            gone: list[int] = []
+            dents = [[d.ino, _name_to_str(n), i] for d in ns.inodes.values() if d.children
+                     for n, i in d.children.items()]
+        else:
+            inodes = [ns.inodes[i] for i in ns.dirty if i in ns.inodes]
+            gone = sorted(ns.gone)
+            dents = [[d, _name_to_str(n), i] for (d, n), i in ns.dents.items()]
+        batch = {"v": 1, "seq": seq, "prev": self.prev.hex(), "kind": "snapshot" if snapshot else "delta",
+                 "next_ino": ns.next_ino, "inodes": [n.to_record() for n in inodes], "gone": gone, "dents": dents}
+        payload = json.dumps(batch, separators=(",", ":")).encode()
+        blob = crypto.seal_blob(crypto.journal_key(self._meta_key, seq), crypto.journal_aad(self.vault_id, seq),
+                                payload)
+        try:
+            self._store_batch(seq, blob)
+        except ConflictError:
+            raise
+        except Exception:
+            self._unacked = (seq, blob, snapshot)
+            raise
+        self._advance(seq, blob, snapshot)
+        ns.dirty.clear()
+        ns.gone.clear()
+        ns.dents.clear()
+        return True

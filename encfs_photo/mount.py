@@ -1,0 +1,393 @@
+"""The FUSE adapter: mfusepy Operations -> fs.FileSystem. The only mfusepy import.
+
+Translation only, as borg's hlfuse.py: paths to inode numbers, our exceptions
+to errnos (each error class carries its errno, see errors.py), integrity
+failures to EIO with a log line naming the object. No POSIX rule lives here.
+
+mfusepy 3.1.1 drops what libfuse 3 passes in a few callbacks; `_Fuse`
+restores it: renameat2 flags (a silent plain rename would destroy the target
+of RENAME_NOREPLACE/RENAME_EXCHANGE), UTIME_NOW/UTIME_OMIT, and the file
+handle of truncate/chmod/chown (needed for files unlinked while open).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from ctypes.util import find_library
+from typing import Any
+
+# mfusepy loads libfuse 2 whenever it is installed (common: AppImages need
+# it), and through libfuse 2 the renameat2 flags, use_ino, hard_remove and
+# UTIME_OMIT below are all lost. On Linux, ask for libfuse 3 unless the user
+# chose a library explicitly.
+if sys.platform.startswith("linux") and not (os.environ.get("FUSE_LIBRARY_PATH")
+                                             or os.environ.get("FUSE_LIBRARY_NAME")) and find_library("fuse3"):
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+import mfusepy as fuse  # noqa: E402
+
+from .errors import EncfsPhotoError, IntegrityError
+from .fs import UTIME_NOW, FileSystem
+
+log = logging.getLogger(__name__)
+
+_HIDDEN_NAME = re.compile(rb"\.fuse_hidden[0-9a-f]{16}\Z")
+_UTIME_NOW_NS = (1 << 30) - 1
+_UTIME_OMIT_NS = (1 << 30) - 2
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _errno(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except fuse.FuseOSError:
+            raise
+        except IntegrityError as exc:
+            log.error("integrity failure in %s: %s", fn.__name__, exc)
+            raise fuse.FuseOSError(errno.EIO) from None
+        except EncfsPhotoError as exc:
+            if exc.errno == errno.EIO:
+                log.error("%s failed: %s", fn.__name__, exc)
+            raise fuse.FuseOSError(exc.errno) from None
+        except OSError as exc:
+            log.error("%s failed: %s", fn.__name__, exc)
+            raise fuse.FuseOSError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise fuse.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+class Operations(fuse.Operations):
+    use_ns = True
+    flag_nullpath_ok = True
+    flag_nopath = True
+
+    def __init__(self, fs: FileSystem, on_ready: Callable[[], None] | None = None) -> None:
+        self.fs = fs
+        self._on_ready = on_ready
+        self.closed_cleanly = False  # destroy() committed everything and locked the vault
+        # libfuse's high-level API keeps a file unlinked while open reachable
+        # by renaming it to .fuse_hidden<16 hex> (we do not set hard_remove:
+        # with it, fstat of such a file gets ESTALE from libfuse). We unlink
+        # for real instead and keep that name as a private alias, so it is
+        # never listed, never blocks rmdir, and vanishes at the last close.
+        self._hidden: dict[bytes, int] = {}
+
+    # ---- helpers
+
+    def _ino(self, path: str | None, fh: int | None = None) -> int:
+        if path is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        bpath = os.fsencode(path)
+        hidden = self._hidden.get(bpath)
+        return hidden if hidden is not None else self.fs.resolve(bpath)
+
+    def _split(self, path: str) -> tuple[int, bytes]:
+        parent, _, name = os.fsencode(path).rpartition(b"/")
+        return self.fs.resolve(parent), name
+
+    # ---- lifecycle
+
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        if conn_info is not None and hasattr(conn_info, "max_readahead"):
+            # 1 MiB instead of 128 KiB: a FUSE round trip costs more than the bytes it carries.
+            conn_info.max_readahead = 1 << 20
+        if config_3 is not None:
+            config_3.use_ino = 1  # st_ino is ours: hard links show one inode number
+            config_3.nullpath_ok = 1
+        self.fs.start()
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def destroy(self, path: str) -> None:
+        try:
+            self.fs.close()
+            self.closed_cleanly = True
+        except Exception:
+            log.exception("final commit at unmount failed; the journal keeps what was committed before")
+
+    # ---- attributes
+
+    @_errno
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
+        if fh is not None:
+            return self.fs.fgetattr(fh)
+        return self.fs.getattr(self._ino(path))
+
+    @_errno
+    def chmod_fh(self, path: str | None, mode: int, fh: int | None) -> int:
+        self.fs.chmod(self._target(path, fh), mode)
+        return 0
+
+    @_errno
+    def chown_fh(self, path: str | None, uid: int, gid: int, fh: int | None) -> int:
+        self.fs.chown(self._target(path, fh), uid, gid)
+        return 0
+
+    @_errno
+    def utimens_fh(self, path: str | None, atime: Any, mtime: Any, fh: int | None) -> int:
+        self.fs.utimens(self._target(path, fh), atime, mtime)
+        return 0
+
+    @_errno
+    def truncate_fh(self, path: str | None, length: int, fh: int | None) -> int:
+        if fh is not None:
+            self.fs.ftruncate(fh, length)
+        else:
+            self.fs.truncate(self._ino(path), length)
+        return 0
+
+    # Plain variants for libfuse 2 (macFUSE), which has no file handle here.
+    def chmod(self, path: str, mode: int) -> int:
+        return self.chmod_fh(path, mode, None)
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return self.chown_fh(path, uid, gid, None)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        return self.truncate_fh(path, length, fh)
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
+        return self.utimens_fh(path, atime, mtime, None)
+
+    def _target(self, path: str | None, fh: int | None) -> int:
+        if fh is not None:
+            return self.fs.fgetattr(fh)["st_ino"]
+        return self._ino(path)
+
+    # ---- namespace
+
+    @_errno
+    def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        out = []
+        for name, ino in self.fs.readdir(fh):
+            node = self.fs.ns.inodes.get(ino)
+            out.append((os.fsdecode(name), {"st_ino": ino, "st_mode": node.mode if node else 0}, 0))
+        return out
+
+    @_errno
+    def opendir(self, path: str) -> int:
+        ino = self._ino(path)
+        self.fs.readdir(ino)  # ENOTDIR now rather than at readdir
+        return ino
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        return 0
+
+    @_errno
+    def readlink(self, path: str) -> str:
+        return os.fsdecode(self.fs.readlink(self._ino(path)))
+
+    @_errno
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        uid, gid, _ = fuse.fuse_get_context()
+        parent, name = self._split(path)
+        self.fs.mknod(parent, name, mode, uid, gid, dev)
+        return 0
+
+    @_errno
+    def mkdir(self, path: str, mode: int) -> int:
+        uid, gid, _ = fuse.fuse_get_context()
+        parent, name = self._split(path)
+        self.fs.mkdir(parent, name, mode, uid, gid)
+        return 0
+
+    @_errno
+    def symlink(self, target: str, source: str) -> int:
+        # mfusepy's naming: `target` is the new link's path, `source` its content.
+        uid, gid, _ = fuse.fuse_get_context()
+        parent, name = self._split(target)
+        self.fs.symlink(parent, name, os.fsencode(source), uid, gid)
+        return 0
+
+    @_errno
+    def link(self, target: str, source: str) -> int:
+        parent, name = self._split(target)
+        self.fs.link(self._ino(source), parent, name)
+        return 0
+
+    @_errno
+    def unlink(self, path: str) -> int:
+        if self._hidden.pop(os.fsencode(path), None) is not None:
+            return 0  # libfuse drops its alias after the last close; the inode is gone already
+        parent, name = self._split(path)
+        self.fs.unlink(parent, name)
+        return 0
+
+    @_errno
+    def rmdir(self, path: str) -> int:
+        parent, name = self._split(path)
+        self.fs.rmdir(parent, name)
+        return 0
+
+    @_errno
+    def rename_flags(self, old: str, new: str, flags: int) -> int:
+        p1, n1 = self._split(old)
+        bnew = os.fsencode(new)
+        if flags == 0 and _HIDDEN_NAME.match(bnew.rpartition(b"/")[2]):
+            ino = self.fs.lookup(p1, n1)
+            if self.fs.is_open(ino):  # libfuse hiding an unlinked open file (see __init__)
+                self.fs.unlink(p1, n1)
+                self._hidden[bnew] = ino
+                return 0
+        p2, n2 = self._split(new)
+        self.fs.rename(p1, n1, p2, n2, flags)
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        return self.rename_flags(old, new, 0)
+
+    # ---- xattrs
+
+    @_errno
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        if name.startswith("system.posix_acl_"):
+            raise fuse.FuseOSError(errno.EOPNOTSUPP)  # ACLs would be stored but not enforced: refuse
+        self.fs.setxattr(self._ino(path), os.fsencode(name), value, options)
+        return 0
+
+    @_errno
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.fs.getxattr(self._ino(path), os.fsencode(name))
+
+    @_errno
+    def listxattr(self, path: str) -> list[str]:
+        return [os.fsdecode(n) for n in self.fs.listxattr(self._ino(path))]
+
+    @_errno
+    def removexattr(self, path: str, name: str) -> int:
+        self.fs.removexattr(self._ino(path), os.fsencode(name))
+        return 0
+
+    # ---- file data
+
+    @_errno
+    def create(self, path: str, mode: int, flags: int) -> int:
+        uid, gid, _ = fuse.fuse_get_context()
+        parent, name = self._split(path)
+        _, fh = self.fs.create(parent, name, mode, flags, uid, gid)
+        return fh
+
+    @_errno
+    def open(self, path: str, flags: int) -> int:
+        return self.fs.open(self._ino(path), flags)
+
+    @_errno
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return self.fs.read(fh, offset, size)
+
+    @_errno
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        return self.fs.write(fh, offset, data)
+
+    @_errno
+    def flush(self, path: str | None, fh: int) -> int:
+        self.fs.flush(fh)
+        return 0
+
+    @_errno
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        self.fs.fsync(fh, bool(datasync))
+        return 0
+
+    @_errno
+    def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
+        self.fs.sync()
+        return 0
+
+    @_errno
+    def release(self, path: str | None, fh: int) -> int:
+        self.fs.release(fh)
+        return 0
+
+    @_errno
+    def statfs(self, path: str) -> dict[str, int]:
+        return self.fs.statfs()
+
+
+class _Fuse(fuse.FUSE):
+    """Passes on what mfusepy's libfuse-3 wrappers drop (see the module docstring)."""
+
+    def _path(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return fip.contents.fh if fip else None
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename_flags(self._path(old), self._path(new), flags)
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate_fh(self._path(path), length, self._fh(fip))
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod_fh(self._path(path), mode, self._fh(fip))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        if fuse.c_uid_t(uid + 1).value == 0:
+            uid = -1
+        if fuse.c_gid_t(gid + 1).value == 0:
+            gid = -1
+        return self.operations.chown_fh(self._path(path), uid, gid, self._fh(fip))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        def conv(ts: Any) -> int | str | None:
+            if ts.tv_nsec == _UTIME_OMIT_NS:
+                return None
+            if ts.tv_nsec == _UTIME_NOW_NS:
+                return UTIME_NOW
+            return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+        if buf:
+            atime, mtime = conv(buf.contents.actime), conv(buf.contents.modtime)
+        else:
+            atime = mtime = UTIME_NOW
+        return self.operations.utimens_fh(self._path(path), atime, mtime, self._fh(fip))
+
+
+def run(fs: FileSystem, mountpoint: str, *, allow_other: bool = False, read_only: bool = False,
+        extra_options: dict[str, Any] | None = None, on_ready: Callable[[], None] | None = None,
+        debug: bool = False) -> None:
+    """Mount and serve until unmounted or signalled (libfuse handles SIGINT/SIGTERM/SIGHUP)."""
+    options: dict[str, Any] = {
+        "fsname": "encfs-photo",
+        "subtype": "encfs-photo",
+        "default_permissions": True,  # the kernel enforces mode bits we store
+    }
+    if allow_other:
+        options["allow_other"] = True
+    if read_only:
+        options["ro"] = True
+    # One FUSE thread: fs serialises on one lock anyway, and measured on a
+    # 2-core VM the multi-threaded loop wrote 20-40% slower (GIL hand-offs
+    # between idle workers). `-o threads` brings the multi-threaded loop back.
+    nothreads = True
+    extra = dict(extra_options or {})
+    if extra.pop("threads", False):
+        nothreads = False
+    options.update(extra)
+    ops = Operations(fs, on_ready)
+    try:
+        _Fuse(ops, mountpoint, foreground=True, debug=debug, nothreads=nothreads, **options)
+    except RuntimeError as exc:
+        # libfuse 3's fuse_main returns 8 when its loop ended on a signal
+        # (SIGINT, SIGTERM, SIGHUP) instead of an unmount. By then it has
+        # unmounted and called destroy (the final commit): a clean stop.
+        if exc.args != (8,) or not ops.closed_cleanly:
+            raise
+        log.info("stopped by a signal; everything written was committed")

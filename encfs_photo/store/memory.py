@@ -1,0 +1,58 @@
+"""MemoryStore: a dict, for tests. Same contract as every other store."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from ..errors import PreconditionFailedError, StoreNotFoundError
+from .base import StoreCapabilities
+
+
+class MemoryStore:
+    capabilities = StoreCapabilities(conditional_writes=True, max_connections=8, local=True)
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return "memory"
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False, durable: bool = True) -> None:
+        with self._lock:
+            if if_none_match and key in self.objects:
+                raise PreconditionFailedError(f"{key} exists (another writer?)")
+            self.objects[key] = bytes(data)
+
+    def flush(self) -> None:
+        pass
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        try:
+            data = self.objects[key]
+        except KeyError:
+            raise StoreNotFoundError(f"object {key} is missing from the store") from None
+        end = len(data) if length is None else offset + length
+        return data[offset:end]
+
+    def stat(self, key: str) -> int:
+        try:
+            return len(self.objects[key])
+        except KeyError:
+            raise StoreNotFoundError(f"object {key} is missing from the store") from None
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        with self._lock:
+            keys = [k for k in self.objects if k.startswith(prefix)]
+        yield from keys
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.objects.pop(key, None)
+
+    def space(self) -> tuple[int, int] | None:
+        return None

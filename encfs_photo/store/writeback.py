@@ -1,0 +1,798 @@
+"""WriteBackStore: a local write-back cache in front of a remote store (an ObjectStore wrapper).
+
+Puts land in ``<cache dir>/pending/`` and return at local-disk speed; a
+background uploader copies them to the inner store (S3) in the order the
+bucket's consistency needs; uploaded objects stay in ``<cache dir>/clean/``
+(``cache.CleanCache``) as a read cache, evicted least recently used first
+within ``cache_size`` bytes. ``fs``, ``meta`` and ``content`` do not change:
+they see the same contract (store/base.py) as for any store.
+
+Contract, as seen from above:
+
+* ``put`` writes the ciphertext to ``pending/<seq>-<op>-<key>`` (a temporary
+  name first, then a rename: a crash never leaves half an object under a final
+  name). ``seq`` is a 16-digit, monotonically increasing number, so the upload
+  order survives a restart; ``op`` is ``P`` (put), ``C`` (put with
+  if-none-match) or ``D`` (delete). Keys are random ids and HMACs, written with
+  ``/`` as ``~``: no name or byte in the cache folder is plaintext.
+  ``durable=True`` fsyncs the file and the folder before returning;
+  ``durable=False`` defers both to ``flush()``, the barrier the journal calls
+  before a batch. "Durable" here means on the local disk: that is what
+  fsync()/close() promise (ARCHITECTURE invariant 4); uploading is
+  asynchronous and resumes after a crash.
+* ``if_none_match`` is refused at once (PreconditionFailedError) when the key
+  exists locally (pending or clean), and is passed to the inner put at upload
+  time. If that upload loses (another device stored that journal batch), the
+  uploader stops, the conflict is recorded (``last_error``, and a ``conflict``
+  file so it survives a restart) and every later put raises ConflictError, which
+  turns the filesystem read-only. Nothing local is deleted.
+* ``get``: pending, then clean (marking it recently used), then the inner store.
+  On a miss, a whole-object read (``offset == 0`` and no ``length``: journal
+  batches) and a ranged read that continues the previous read of the same object
+  (a sequential read) fetch the whole object, keep it in clean and return the
+  range asked for; any other ranged read (a header scan, video scrubbing)
+  fetches only its range and is not cached. Objects are at most one chunk
+  (4 MiB by default), so a whole fetch is bounded.
+* ``stat``/``exists`` look locally first; ``list`` is the union of the inner
+  store's listing and the local objects (pending keys included, so the journal
+  finds batches not yet uploaded), minus keys deleted locally and not yet
+  remotely.
+* ``delete`` drops the clean copy at once and queues the remote delete behind
+  every put queued before it. A put still queued for that key is cancelled;
+  when the object never left this machine, no remote delete is needed.
+
+Upload order (the bucket is consistent at every instant, invariant 5): a put
+of a ``data/`` key may go as soon as no earlier entry for the same key is
+pending (data objects among themselves go in parallel, and may overtake a
+batch: an object nobody references yet is harmless). Any other put (journal
+batches, conditional puts) waits until every earlier entry is uploaded. A
+delete waits for every earlier put. Failures (StoreError) retry with
+exponential backoff, 0.5 s doubling to 60 s, for all uploads at once (the
+store is down, not one object); a delete of a missing object is a success.
+
+Bounds: clean objects are evicted to keep pending + clean within
+``cache_size``; pending (dirty) objects are never evicted. When pending bytes
+would pass ``dirty_size`` (default: ``cache_size``) a put waits for the
+uploader (one warning line per episode). A full cache disk first evicts clean
+objects, then raises StoreFullError (ENOSPC to the writer).
+
+Restart: the folder is locked (flock) by one process at a time. ``pending/``
+is replayed in sequence order; ``clean/`` is re-indexed by modification time.
+A ``running`` marker detects an unclean shutdown: clean objects are then
+discarded (a power cut may have left their bytes half-written; the bucket has
+them), pending ones are kept (what was acknowledged was fsynced).
+
+Threading: one lock and condition around every index; file I/O and network
+calls run outside it except renames and unlinks. The uploader threads start in
+``__init__`` unless ``start=False`` (a daemon that forks starts them in the
+child with ``start()``). Callers: `cli` (mount), `daemon` (start, status,
+wait_uploaded, close). Imports errors and the store modules only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import ConflictError, PreconditionFailedError, StoreError, StoreFullError, StoreNotFoundError
+from .base import ObjectStore
+from .cache import TMP_PREFIX, CleanCache, key_to_name, name_to_key, read_fd, write_file
+from .local import fsync_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_SIZE = 10 << 30
+DEFAULT_UPLOAD_THREADS = 4
+RETRY_INITIAL = 0.5
+RETRY_MAX = 60.0
+RATE_WINDOW = 20.0  # seconds of uploads the reported rate averages over
+
+PUT, COND, DELETE = "P", "C", "D"
+_PENDING_RE = re.compile(r"^(\d{16})-([PCD])-(.+)$")
+
+
+class CacheBusyError(StoreError):
+    """The cache folder is in use by another mount."""
+
+
+def parse_size(text: str) -> int:
+    """``10G``, ``500M``, ``1.5T``, ``64KiB``, ``123`` (bytes) -> bytes (binary units). ValueError if malformed."""
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"bad size {text!r} (use e.g. 10G, 500M, 64K or a byte count)")
+    scale = 1 << (10 * "_kmgtp".index(m.group(2).lower() or "_"))
+    return int(float(m.group(1)) * scale)
+
+
+def default_cache_dir(identity: str) -> str:
+    """``$XDG_CACHE_HOME/encfs-photo/<hash>`` (else ``~/.cache/...``) for a store identity (URL and endpoint)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "encfs-photo", hashlib.sha256(identity.encode()).hexdigest()[:16])
+
+
+def _store_error(exc: OSError, what: str) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(f"cache disk full while writing {what}")
+    return StoreError(f"cache: {what}: {exc.strerror or exc}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class _Entry:
+    """One queued operation: a file in pending/ (empty for a delete)."""
+
+    __slots__ = ("seq", "op", "key", "size", "name", "inflight", "barrier")
+
+    def __init__(self, seq: int, op: str, key: str, size: int) -> None:
+        self.seq = seq
+        self.op = op
+        self.key = key
+        self.size = size
+        self.name = f"{seq:016d}-{op}-{key_to_name(key)}"
+        self.inflight = False
+        # Only plain data puts may go in parallel; anything else waits for all before it.
+        self.barrier = op == COND or (op == PUT and not key.startswith("data/"))
+
+
+class WriteBackStore:
+    """An ObjectStore that stages puts and deletes on local disk and uploads them in the background."""
+
+    def __init__(self, inner: ObjectStore, cache_dir: str, cache_size: int = DEFAULT_CACHE_SIZE, *,
+                 dirty_size: int | None = None, upload_threads: int = DEFAULT_UPLOAD_THREADS,
+                 owner: str | None = None, retry_initial: float = RETRY_INITIAL, retry_max: float = RETRY_MAX,
+                 start: bool = True) -> None:
+        self.inner = inner
+        self.capabilities = inner.capabilities
+        self.cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+        self.cache_size = int(cache_size)
+        self.dirty_size = int(dirty_size) if dirty_size else self.cache_size
+        self.upload_threads = max(1, min(upload_threads, inner.capabilities.max_connections or upload_threads))
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self._pending_dir = os.path.join(self.cache_dir, "pending")
+        self._clean = CleanCache(os.path.join(self.cache_dir, "clean"))
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: OrderedDict[int, _Entry] = OrderedDict()  # by seq; only entries not yet uploaded
+        self._latest: dict[str, _Entry] = {}  # key -> newest queued entry for it
+        self._count: dict[str, int] = {}  # key -> queued entries for it
+        self._seq = 0
+        self.pending_bytes = 0
+        self._unsynced: set[_Entry] = set()
+        self._dir_dirty = False
+        self._inflight = 0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._conflict: str | None = None
+        self._leave = False  # leave_queued(): waits for uploads return at once
+        self._stopping = False
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._threads_pid = -1
+        self._waiting_writers = 0
+        self._reads: OrderedDict[str, int] = OrderedDict()  # key -> end of its last ranged read (uncached)
+        self.last_error: str | None = None
+        self.uploaded_objects = 0
+        self.uploaded_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._recent: deque[tuple[float, int]] = deque()
+        self._lock_fd = -1
+        try:
+            self._open(owner)
+        except OSError as exc:
+            self._release_lock()
+            raise _store_error(exc, self.cache_dir) from None
+        except BaseException:
+            self._release_lock()
+            raise
+        if start:
+            self.start()
+
+    # ------------------------------------------------------------ opening
+
+    def _open(self, owner: str | None) -> None:
+        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        for d in (self._pending_dir, self._clean.root):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.cache_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheBusyError(f"cache folder {self.cache_dir} is in use by another mount "
+                                 "(each mount needs its own --cache-dir)") from None
+        owner_path = os.path.join(self.cache_dir, "owner")
+        if owner:
+            try:
+                with open(owner_path) as f:
+                    found = f.read().strip()
+            except FileNotFoundError:
+                found = None
+            if found is None:
+                with open(owner_path, "w") as f:
+                    f.write(owner + "\n")
+            elif found != owner:
+                raise StoreError(f"cache folder {self.cache_dir} belongs to another vault; "
+                                 "choose another --cache-dir")
+        running = os.path.join(self.cache_dir, "running")
+        if os.path.exists(running):
+            log.warning("cache: the last mount using %s did not stop cleanly; its clean objects are discarded "
+                        "(they are in the store) and its queued uploads resume", self.cache_dir)
+            self._clean.wipe()
+        else:
+            self._clean.scan()
+        with open(running, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        fsync_dir(self.cache_dir)
+        try:
+            with open(os.path.join(self.cache_dir, "conflict")) as f:
+                self._conflict = f.read().strip() or "conflict"
+            self.last_error = self._conflict
+            log.error("cache: %s", self._conflict)
+        except FileNotFoundError:
+            pass
+        self._scan_pending()
+        self._clean.evict(self.cache_size - self.pending_bytes)
+
+    def _scan_pending(self) -> None:
+        found = []
+        for name in os.listdir(self._pending_dir):
+            path = os.path.join(self._pending_dir, name)
+            if name.startswith(TMP_PREFIX):
+                os.unlink(path)  # a put that never returned: nobody was told it was stored
+                continue
+            m = _PENDING_RE.match(name)
+            try:
+                if not m:
+                    raise StoreError(name)
+                key = name_to_key(m.group(3))
+                key_to_name(key)
+            except StoreError:
+                log.warning("cache: ignoring unexpected file %s", path)
+                continue
+            size = 0 if m.group(2) == DELETE else os.stat(path).st_size
+            found.append((int(m.group(1)), m.group(2), key, size))
+        found.sort()
+        for seq, op, key, size in found:
+            self._add_locked(_Entry(seq, op, key, size))
+        self._seq = found[-1][0] + 1 if found else 0
+        if found:
+            log.info("cache: %d queued operations (%d bytes) to upload from %s", len(found), self.pending_bytes,
+                     self.cache_dir)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # ------------------------------------------------------------ queue bookkeeping (lock held)
+
+    def _add_locked(self, e: _Entry) -> None:
+        self._queue[e.seq] = e
+        self._latest[e.key] = e
+        self._count[e.key] = self._count.get(e.key, 0) + 1
+        self.pending_bytes += e.size
+
+    def _remove_locked(self, e: _Entry) -> bool:
+        """Take ``e`` out of the queue; True if it was the newest entry for its key."""
+        del self._queue[e.seq]
+        n = self._count[e.key] - 1
+        if n:
+            self._count[e.key] = n
+        else:
+            del self._count[e.key]
+        self._unsynced.discard(e)
+        self.pending_bytes -= e.size
+        if self._latest.get(e.key) is e:
+            del self._latest[e.key]
+            return True
+        return False
+
+    def _path(self, e: _Entry) -> str:
+        return os.path.join(self._pending_dir, e.name)
+
+    def _check_writable(self) -> None:
+        if self._conflict is not None:
+            raise ConflictError(f"{self._conflict}; this mount is read-only to avoid clobbering the other writer")
+        if self._closed:
+            raise StoreError("the cache is closed")
+
+    def _exists_locally(self, key: str) -> bool:
+        e = self._latest.get(key)
+        if e is not None:
+            return e.op != DELETE
+        return key in self._clean
+
+    # ------------------------------------------------------------ the store contract
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False, durable: bool = True) -> None:
+        key_to_name(key)
+        size = len(data)
+        with self._cond:
+            self._check_writable()
+            if if_none_match and self._exists_locally(key):
+                raise PreconditionFailedError(f"{key} exists (another writer?)")
+            self._reserve_locked(size)
+        tmp = os.path.join(self._pending_dir, TMP_PREFIX + os.urandom(8).hex())
+        try:
+            self._write_tmp(tmp, data, durable)
+            with self._cond:
+                try:
+                    self._check_writable()
+                    if if_none_match and self._exists_locally(key):
+                        raise PreconditionFailedError(f"{key} exists (another writer?)")
+                    e = _Entry(self._seq, COND if if_none_match else PUT, key, size)
+                    os.rename(tmp, self._path(e))
+                except BaseException:
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+                    raise
+                self._seq += 1
+                self.pending_bytes -= size  # the reservation becomes the entry's own count
+                self._add_locked(e)
+                self._dir_dirty = True
+                if not durable:
+                    self._unsynced.add(e)
+                self._cond.notify_all()
+        except BaseException:
+            with self._cond:
+                self.pending_bytes -= size
+                self._cond.notify_all()
+            raise
+        if durable:
+            self.flush()  # the folder entry, and every earlier deferred put with it
+
+    def _reserve_locked(self, size: int) -> None:
+        """Back-pressure: wait until ``size`` more dirty bytes fit under the dirty cap, then count them."""
+        if self.pending_bytes and self.pending_bytes + size > self.dirty_size:
+            if self._threads_pid != os.getpid():
+                self._start_locked()  # nobody would ever drain the queue
+            log.warning("cache: %.0f MiB wait for upload (cap %.0f MiB); writes wait for the uploads",
+                        self.pending_bytes / 2**20, self.dirty_size / 2**20)
+            self._waiting_writers += 1
+            try:
+                while self.pending_bytes and self.pending_bytes + size > self.dirty_size:
+                    self._check_writable()
+                    self._cond.wait(1.0)
+            finally:
+                self._waiting_writers -= 1
+            log.info("cache: uploads drained below the cap; writes continue")
+        self.pending_bytes += size
+        self._clean.evict(self.cache_size - self.pending_bytes)
+
+    def _write_tmp(self, path: str, data: bytes, fsync: bool) -> None:
+        for attempt in (1, 2):
+            try:
+                write_file(path, data, fsync)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or attempt == 2:
+                    err = _store_error(exc, "a cache object")
+                    if isinstance(err, StoreFullError):
+                        err = StoreFullError(f"cache disk full at {self.cache_dir} "
+                                             f"({len(self._queue)} objects wait for upload)")
+                    raise err from None
+                with self._cond:
+                    freed = self._clean.evict(self._clean.bytes - max(len(data), 1) - (16 << 20))
+                if not freed:
+                    raise StoreFullError(f"cache disk full at {self.cache_dir} "
+                                         f"({len(self._queue)} objects wait for upload)") from None
+                log.warning("cache: disk full; evicted %d bytes of clean objects", freed)
+
+    def flush(self) -> None:
+        """Make every earlier put durable on the local disk (fsync files and the pending folder)."""
+        with self._cond:
+            entries, self._unsynced = self._unsynced, set()
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+        try:
+            for e in entries:
+                try:
+                    fd = os.open(self._path(e), os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # uploaded (or cancelled) meanwhile
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            if entries or dir_dirty:
+                fsync_dir(self._pending_dir)
+        except OSError as exc:
+            with self._cond:
+                self._unsynced |= entries
+                self._dir_dirty = True
+            raise _store_error(exc, "flush") from None
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        with self._cond:
+            e = self._latest.get(key)
+            if e is not None:
+                if e.op == DELETE:
+                    raise StoreNotFoundError(f"object {key} is missing from the store")
+                try:
+                    fd = os.open(self._path(e), os.O_RDONLY)
+                except OSError as exc:
+                    raise _store_error(exc, key) from None
+            else:
+                fd = self._clean.open(key)
+            if fd is not None:
+                self.hits += 1
+            else:
+                self.misses += 1
+                sequential = offset > 0 and self._reads.get(key) == offset
+        if fd is not None:
+            try:
+                return read_fd(fd, offset, length)
+            except OSError as exc:
+                raise _store_error(exc, key) from None
+            finally:
+                os.close(fd)
+        if (offset or length is not None) and not sequential:
+            data = self.inner.get(key, offset, length)
+            with self._cond:
+                self._reads[key] = offset + len(data)
+                self._reads.move_to_end(key)
+                while len(self._reads) > 1024:
+                    self._reads.popitem(last=False)
+            return data
+        whole = self.inner.get(key)
+        self._fill(key, whole)
+        if offset == 0 and length is None:
+            return whole
+        return whole[offset:len(whole) if length is None else offset + length]
+
+    def _fill(self, key: str, data: bytes) -> None:
+        """Keep a fetched object in the clean cache (best effort: a full disk only skips it)."""
+        if len(data) > self.cache_size - self.pending_bytes:
+            return
+        tmp = os.path.join(self._clean.root, TMP_PREFIX + os.urandom(8).hex())
+        try:
+            write_file(tmp, data, fsync=False)
+        except OSError as exc:
+            log.debug("cache: not caching %s: %s", key, exc)
+            return
+        with self._cond:
+            self._reads.pop(key, None)
+            if key in self._latest or self._closed:
+                os.unlink(tmp)  # written or deleted locally meanwhile: the local version wins
+                return
+            try:
+                self._clean.adopt(key, tmp, len(data))
+            except OSError:
+                os.unlink(tmp)
+                return
+            self._clean.evict(self.cache_size - self.pending_bytes)
+
+    def stat(self, key: str) -> int:
+        with self._cond:
+            e = self._latest.get(key)
+            if e is not None:
+                if e.op == DELETE:
+                    raise StoreNotFoundError(f"object {key} is missing from the store")
+                return e.size
+            size = self._clean.size(key)
+        return size if size is not None else self.inner.stat(key)
+
+    def exists(self, key: str) -> bool:
+        with self._cond:
+            e = self._latest.get(key)
+            if e is not None:
+                return e.op != DELETE
+            if key in self._clean:
+                return True
+        return self.inner.exists(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        with self._cond:
+            # Deletes queued now may finish while the bucket is listed (outside
+            # the lock); the listing may still show such a key, so drop it.
+            deleting = {k for k, e in self._latest.items() if e.op == DELETE and k.startswith(prefix)}
+        keys = set(self.inner.list(prefix)) - deleting
+        with self._cond:
+            keys.update(self._clean.keys(prefix))
+            for key, e in self._latest.items():
+                if key.startswith(prefix):
+                    if e.op == DELETE:
+                        keys.discard(key)
+                    else:
+                        keys.add(key)
+        return iter(sorted(keys))
+
+    def delete(self, key: str) -> None:
+        key_to_name(key)
+        with self._cond:
+            in_clean = key in self._clean
+            self._clean.discard(key)
+            self._reads.pop(key, None)
+            e = self._latest.get(key)
+            if e is not None and e.op == DELETE:
+                return  # already queued
+            cancelled = False
+            # Cancel a queued put only while no barrier (a journal batch) was
+            # queued after it: such a batch may name the object, and without
+            # the put it would reach the bucket referencing nothing (a kill
+            # before the later batch that drops the object is uploaded would
+            # leave exactly that). Otherwise upload, then delete, in order.
+            if (e is not None and e.op == PUT and not e.inflight
+                    and not any(x.barrier for s, x in self._queue.items() if s > e.seq)):
+                self._remove_locked(e)
+                try:
+                    os.unlink(self._path(e))
+                except FileNotFoundError:
+                    pass
+                cancelled = True
+                self._cond.notify_all()
+            if cancelled and not in_clean and key not in self._count:
+                return  # the object never left this machine
+            d = _Entry(self._seq, DELETE, key, 0)
+            try:
+                os.close(os.open(self._path(d), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except OSError as exc:
+                raise _store_error(exc, f"delete of {key}") from None
+            self._seq += 1
+            self._add_locked(d)
+            self._dir_dirty = True
+            self._cond.notify_all()
+
+    def space(self) -> tuple[int, int] | None:
+        return self.inner.space()
+
+    # ------------------------------------------------------------ the uploader
+
+    def start(self) -> None:
+        """Start the uploader threads in this process (again after a fork); idempotent."""
+        with self._cond:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._closed:
+            raise StoreError("the cache is closed")
+        if self._threads_pid == os.getpid():
+            return
+        self._threads_pid = os.getpid()
+        self._threads = [threading.Thread(target=self._worker, name=f"encfs-upload-{i}", daemon=True)
+                         for i in range(self.upload_threads)]
+        for t in self._threads:
+            t.start()
+
+    def _pick_locked(self) -> _Entry | None:
+        """The first entry that may be uploaded now (see the module docstring for the rules)."""
+        earlier_any = False
+        earlier_put = False
+        seen: set[str] = set()
+        for e in self._queue.values():
+            if not e.inflight and e.key not in seen:
+                if e.op == DELETE:
+                    if not earlier_put:
+                        return e
+                elif not e.barrier or not earlier_any:
+                    return e
+            earlier_any = True
+            earlier_put = earlier_put or e.op != DELETE
+            seen.add(e.key)
+        return None
+
+    def _next_locked(self) -> _Entry | None:
+        while not self._stopping:
+            if self._conflict is None:
+                wait = self._retry_at - time.monotonic()
+                if wait <= 0:
+                    e = self._pick_locked()
+                    if e is not None:
+                        e.inflight = True
+                        self._inflight += 1
+                        return e
+                    self._cond.wait()
+                else:
+                    self._cond.wait(wait)
+            else:
+                self._cond.wait()
+        return None
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                e = self._next_locked()
+            if e is None:
+                return
+            try:
+                self._upload(e)
+            except PreconditionFailedError as exc:
+                with self._cond:
+                    self._lost_race(e, exc)
+            except Exception as exc:  # noqa: BLE001 - any failure is retried; the store may come back
+                if not isinstance(exc, StoreError):
+                    log.exception("cache: unexpected failure uploading %s", e.key)
+                with self._cond:
+                    self._failed(e, exc)
+            else:
+                with self._cond:
+                    self._uploaded(e)
+
+    def _upload(self, e: _Entry) -> None:
+        if e.op == DELETE:
+            try:
+                self.inner.delete(e.key)
+            except StoreNotFoundError:
+                pass
+            return
+        with open(self._path(e), "rb") as f:
+            data = f.read()
+        if e.op == PUT:
+            self.inner.put(e.key, data)
+            return
+        try:
+            self.inner.put(e.key, data, if_none_match=True)
+        except PreconditionFailedError:
+            # Our own earlier upload whose answer was lost (or a crash before
+            # it was recorded) finds identical bytes: that is a success.
+            try:
+                theirs = self.inner.get(e.key)
+            except StoreNotFoundError:
+                theirs = None
+            if theirs != data:
+                raise
+
+    def _uploaded(self, e: _Entry) -> None:
+        e.inflight = False
+        self._inflight -= 1
+        if self._closed:
+            return  # a straggler after close: the folder may be someone else's now; redone next time
+        newest = self._remove_locked(e)
+        path = self._path(e)
+        try:
+            if e.op != DELETE and newest and e.size <= self.cache_size:
+                self._clean.adopt(e.key, path, e.size)
+                self._clean.evict(self.cache_size - self.pending_bytes)
+            else:
+                os.unlink(path)
+        except OSError as exc:
+            log.warning("cache: could not move uploaded %s into the clean cache: %s", e.key, exc)
+        now = time.monotonic()
+        self.uploaded_objects += 1
+        self.uploaded_bytes += e.size
+        self._recent.append((now, e.size))
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW:
+            self._recent.popleft()
+        if self._failures:
+            log.info("cache: uploads resumed")
+            self.last_error = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._cond.notify_all()
+
+    def _failed(self, e: _Entry, exc: BaseException) -> None:
+        e.inflight = False
+        self._inflight -= 1
+        now = time.monotonic()
+        if now >= self._retry_at:  # uploads failing together back off together
+            self._failures += 1
+            delay = min(self.retry_max, self.retry_initial * 2 ** (self._failures - 1))
+            self._retry_at = now + delay
+            self.last_error = f"upload of {e.key} failed: {_one_line(exc)}"
+            log.warning("cache: %s; retrying in %.1f s", self.last_error, delay)
+        self._cond.notify_all()
+
+    def _lost_race(self, e: _Entry, exc: BaseException) -> None:
+        e.inflight = False
+        self._inflight -= 1
+        msg = (f"another device stored {e.key} first: the vault changed elsewhere, so uploads stopped "
+               f"(nothing local was deleted; queued in {self._pending_dir})")
+        self._conflict = msg
+        self.last_error = msg
+        log.error("cache: %s", msg)
+        try:
+            with open(os.path.join(self.cache_dir, "conflict"), "w") as f:
+                f.write(msg + "\n")
+        except OSError:
+            pass
+        self._cond.notify_all()
+
+    # ------------------------------------------------------------ waiting, status, closing
+
+    def wait_uploaded(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued before this call is in the inner store.
+
+        True when it is; False on timeout or after ``leave_queued()``. Raises
+        ConflictError when uploads stopped on a conflict.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if self._queue:
+                self._start_locked()
+            target = self._seq
+            while True:
+                if self._conflict is not None:
+                    raise ConflictError(self._conflict)
+                first = next(iter(self._queue), None)
+                if first is None or first >= target:
+                    return True
+                if self._leave or self._stopping:
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+
+    def leave_queued(self) -> None:
+        """Make current and later waits (``wait_uploaded``, ``close(wait=True)``) return at once."""
+        with self._cond:
+            self._leave = True
+            self._cond.notify_all()
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            now = time.monotonic()
+            while self._recent and self._recent[0][0] < now - RATE_WINDOW:
+                self._recent.popleft()
+            window = min(RATE_WINDOW, max(1.0, now - self._recent[0][0])) if self._recent else RATE_WINDOW
+            deletes = sum(1 for e in self._queue.values() if e.op == DELETE)
+            return {
+                "cache_dir": self.cache_dir,
+                "cache_size": self.cache_size,
+                "dirty_cap": self.dirty_size,
+                "pending_objects": len(self._queue) - deletes,
+                "pending_deletes": deletes,
+                "pending_bytes": self.pending_bytes,
+                "clean_objects": len(self._clean),
+                "clean_bytes": self._clean.bytes,
+                "uploads_in_flight": self._inflight,
+                "uploaded_objects": self.uploaded_objects,
+                "uploaded_bytes": self.uploaded_bytes,
+                "upload_rate": sum(n for _, n in self._recent) / window,
+                "retrying": self._failures > 0,
+                "writers_waiting": self._waiting_writers,
+                "cache_hits": self.hits,
+                "cache_misses": self.misses,
+                "conflict": self._conflict,
+                "last_error": self.last_error,
+            }
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the uploader (after draining the queue when ``wait``); what is left stays queued on disk."""
+        if self._closed:
+            return
+        try:
+            if wait:
+                self.wait_uploaded()
+        finally:
+            with self._cond:
+                self._stopping = True
+                self._closed = True
+                self._cond.notify_all()
+                threads = self._threads if self._threads_pid == os.getpid() else []
+            deadline = time.monotonic() + 2.0  # an upload still in flight may finish (else it is redone)
+            for t in threads:
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.error("cache: %s", exc)
+            if not any(t.is_alive() for t in threads):
+                try:
+                    os.unlink(os.path.join(self.cache_dir, "running"))
+                    fsync_dir(self.cache_dir)
+                except OSError:
+                    pass
+            self._release_lock()
+            with self._cond:
+                left = len(self._queue)
+            if left:
+                log.info("cache: %d operations (%d bytes) stay queued in %s for the next mount", left,
+                         self.pending_bytes, self.cache_dir)
