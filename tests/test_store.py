@@ -108,6 +108,36 @@ def test_list_prefix(store):
 def test_list_empty_store(store):
     assert list(store.list()) == []
     assert list(store.list("data/")) == []
+    assert list(store.list_with_times()) == []
+
+
+def test_list_with_times_matches_list_and_gives_put_times(store):
+    import time
+
+    before = time.time() - 5  # S3's LastModified has one-second resolution
+    for key in KEYS:
+        store.put(key, b"v")
+    after = time.time() + 5
+    listed = dict(store.list_with_times())
+    assert sorted(listed) == sorted(store.list())
+    assert all(before <= t <= after for t in listed.values()), listed
+    assert sorted(dict(store.list_with_times("data/"))) == sorted(k for k in KEYS if k.startswith("data/"))
+    store.delete(KEYS[2])
+    assert KEYS[2] not in dict(store.list_with_times("data/"))
+
+
+def test_list_with_times_tells_old_from_new(tmp_path):
+    local = LocalStore(str(tmp_path / "s"))
+    local.put("data/" + "ab" * 16, b"old")
+    local.put("data/" + "ac" * 16, b"new")
+    os.utime(local._path("data/" + "ab" * 16), (1_000_000, 1_000_000))
+    assert dict(local.list_with_times("data/"))["data/" + "ab" * 16] == 1_000_000
+    mem = MemoryStore()
+    mem.clock = lambda: 1_000_000.0
+    mem.put("data/" + "ab" * 16, b"old")
+    mem.clock = lambda: 2_000_000.0
+    mem.put("data/" + "ac" * 16, b"new")
+    assert dict(mem.list_with_times()) == {"data/" + "ab" * 16: 1_000_000.0, "data/" + "ac" * 16: 2_000_000.0}
 
 
 def test_delete(store):

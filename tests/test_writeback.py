@@ -26,6 +26,7 @@ from test_store import (  # noqa: F401 - the shared conformance suite, run here 
     test_if_none_match,
     test_list_empty_store,
     test_list_prefix,
+    test_list_with_times_matches_list_and_gives_put_times,
     test_missing_key,
     test_put_empty_and_binary,
     test_put_get_roundtrip,

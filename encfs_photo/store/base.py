@@ -10,6 +10,9 @@ store maps them to objects however it likes. Contract:
   such objects).
 * ``put(..., if_none_match=True)`` fails with PreconditionFailedError when the
   key exists (the S3 ``If-None-Match: *`` semantics).
+* ``list_with_times`` is ``list`` with each object's last-modified time (a
+  local file's mtime, S3's LastModified); where a store cannot tell, it says
+  "now" (never older than it is).
 * ``get`` raises StoreNotFoundError for a missing key; a range past the end
   returns what exists (the caller authenticates and so notices a short read).
 * Failures raise StoreError (StoreFullError for a full disk); no store lets a
@@ -46,6 +49,13 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str = "") -> Iterator[str]: ...
+
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """(key, last-modified time in seconds since the epoch) for every key ``list`` yields.
+
+        The garbage collector's grace period reads it: an object younger than
+        the grace may belong to a commit still in flight."""
+        ...
 
     def delete(self, key: str) -> None: ...
 

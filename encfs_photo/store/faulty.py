@@ -47,6 +47,9 @@ class FaultyStore:
     def list(self, prefix: str = "") -> Iterator[str]:
         return self.inner.list(prefix)
 
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        return self.inner.list_with_times(prefix)
+
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 

@@ -161,6 +161,17 @@ class LocalStore:
         return os.path.exists(self._path(key))
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        for key, _ in self._walk(prefix):
+            yield key
+
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        for key, path in self._walk(prefix):
+            try:
+                yield key, os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue  # deleted since it was listed
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, str]]:
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel = os.path.relpath(dirpath, self.root)
             if rel == _TMP or rel.startswith(_TMP + os.sep):
@@ -172,7 +183,7 @@ class LocalStore:
             for name in filenames:
                 key = "/".join(parts + [name])
                 if key.startswith(prefix):
-                    yield key
+                    yield key, os.path.join(dirpath, name)
 
     def delete(self, key: str) -> None:
         try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from ..errors import PreconditionFailedError, StoreNotFoundError
 from .base import StoreCapabilities
@@ -14,6 +15,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.clock: Callable[[], float] = time.time  # tests move it to age objects
+        self.mtimes: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -24,6 +27,7 @@ class MemoryStore:
             if if_none_match and key in self.objects:
                 raise PreconditionFailedError(f"{key} exists (another writer?)")
             self.objects[key] = bytes(data)
+            self.mtimes[key] = self.clock()
 
     def flush(self) -> None:
         pass
@@ -50,9 +54,17 @@ class MemoryStore:
             keys = [k for k in self.objects if k.startswith(prefix)]
         yield from keys
 
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        now = self.clock()
+        with self._lock:
+            # An object a test planted in ``objects`` directly has no time: "now".
+            items = [(k, self.mtimes.get(k, now)) for k in self.objects if k.startswith(prefix)]
+        yield from items
+
     def delete(self, key: str) -> None:
         with self._lock:
             self.objects.pop(key, None)
+            self.mtimes.pop(key, None)
 
     def space(self) -> tuple[int, int] | None:
         return None

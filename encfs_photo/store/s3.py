@@ -296,6 +296,10 @@ class S3Store:
         return True
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        for key, _ in self.list_with_times(prefix):
+            yield key
+
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, float]]:
         strip = len(self._key_prefix)
         paginator = self._client().get_paginator("list_objects_v2")
         with self._errors("list", prefix, bucket_op=True):
@@ -305,7 +309,7 @@ class S3Store:
                 for obj in page.get("Contents", ()):
                     key = obj["Key"][strip:]
                     if key:  # "PREFIX/" itself: a folder marker some consoles create
-                        yield key
+                        yield key, obj["LastModified"].timestamp()
 
     def delete(self, key: str) -> None:
         try:

@@ -499,20 +499,29 @@ class WriteBackStore:
         return self.inner.exists(key)
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        return iter(sorted(self._listing(prefix, with_times=False)))
+
+    def list_with_times(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        return iter(sorted(self._listing(prefix, with_times=True).items()))
+
+    def _listing(self, prefix: str, with_times: bool) -> dict[str, float]:
         with self._cond:
             # Deletes queued now may finish while the bucket is listed (outside
             # the lock); the listing may still show such a key, so drop it.
             deleting = {k for k, e in self._latest.items() if e.op == DELETE and k.startswith(prefix)}
-        keys = set(self.inner.list(prefix)) - deleting
+        now = time.time()  # what is not in the bucket yet is as young as can be
+        listed = self.inner.list_with_times(prefix) if with_times else ((k, now) for k in self.inner.list(prefix))
+        times = {k: t for k, t in listed if k not in deleting}
         with self._cond:
-            keys.update(self._clean.keys(prefix))
+            for key in self._clean.keys(prefix):
+                times.setdefault(key, now)
             for key, e in self._latest.items():
                 if key.startswith(prefix):
                     if e.op == DELETE:
-                        keys.discard(key)
+                        times.pop(key, None)
                     else:
-                        keys.add(key)
-        return iter(sorted(keys))
+                        times[key] = now
+        return times
 
     def delete(self, key: str) -> None:
         key_to_name(key)
