@@ -749,6 +749,14 @@ class FileSystem:
             "f_favail": 1 << 30, "f_namemax": NAME_MAX,
         }
 
+    @locked
+    def gc_roots(self) -> tuple[set[str], int]:
+        """Commit, then (every object key the namespace references, the journal head): what gc must keep."""
+        if not self.read_only:
+            self._commit()
+        keys = {ref.key for node in self.ns.inodes.values() for ref in node.chunks.values()}
+        return keys, self._journal.seq
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {

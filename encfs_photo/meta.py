@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import stat as st
+import struct
 import time
 from collections.abc import Iterable
 
@@ -32,6 +33,8 @@ from .store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal/"
+FLOOR_KEY = "journal-floor"  # names the lowest batch kept after pruning (FORMAT.md 7.6)
+MISS_LIMIT = 100_000  # consecutive seqs without a listed name before a head-finding scan gives up
 ROOT_INO = 1
 SNAPSHOT_EVERY = 256  # batches between snapshots, so opening replays a bounded tail
 _ZERO_HASH = bytes(32)
@@ -156,6 +159,8 @@ class Journal:
         self._meta_key = meta_key
         self._names_key = names_key
         self.seq = -1  # last batch written or read
+        self.seqs: list[int] = []  # every batch of this vault the last load found, lowest first
+        self.floor = 0  # what the floor hint names (0: no hint)
         self.prev = _ZERO_HASH
         self.since_snapshot = 0
         # A batch whose put failed: it may have landed all the same (a lost
@@ -166,12 +171,95 @@ class Journal:
     def _key(self, seq: int) -> str:
         return JOURNAL_PREFIX + crypto.journal_name(self._names_key, seq)
 
+    # ---- the floor hint (FORMAT.md 7.6): where head-finding starts once old batches are pruned
+
+    def _floor_body(self, seq: int) -> bytes:
+        return b"journal-floor " + self.vault_id + struct.pack(">Q", seq)
+
+    def read_floor(self) -> int:
+        """The seq the floor hint names, 0 without one; IntegrityError for a hint that does not verify."""
+        try:
+            raw = self.store.get(FLOOR_KEY)
+        except StoreNotFoundError:
+            return 0
+        try:
+            d = json.loads(raw)
+            seq, tag = d["seq"], bytes.fromhex(d["mac"])
+            if type(seq) is not int or seq < 0:
+                raise ValueError("bad seq")
+        except (ValueError, KeyError, TypeError):
+            seq, tag = -1, b""
+        if seq < 0 or not crypto.mac_ok(self._names_key, self._floor_body(seq), tag):
+            log.error("integrity: the journal floor hint (%s) does not verify", FLOOR_KEY)
+            raise IntegrityError(f"the journal floor hint {FLOOR_KEY} was tampered with; refusing the vault")
+        return seq
+
+    def _write_floor(self, seq: int) -> None:
+        tag = crypto.mac(self._names_key, self._floor_body(seq))
+        body = json.dumps({"mac": tag.hex(), "seq": seq}, sort_keys=True).encode() + b"\n"
+        self.store.put(FLOOR_KEY, body)  # replaced in place: a hint, never needed for correctness
+
+    def _find_seqs(self, present: set[str]) -> list[int]:
+        """Map listed names to seqs by recomputing names upward from the floor, then below it.
+
+        Below the floor only a prune that stopped midway leaves batches, right
+        under it (it deletes the lowest first). Names that never match are not
+        ours: leftovers of a lost race are impossible with if-none-match.
+        """
+        remaining = set(present)
+        found: list[int] = []
+        for start, step, stop in ((self.floor, 1, None), (self.floor - 1, -1, -1)):
+            seq, misses = start, 0
+            while remaining and misses < MISS_LIMIT and seq != stop:
+                key = self._key(seq)
+                if key in remaining:
+                    found.append(seq)
+                    remaining.discard(key)
+                    misses = 0
+                else:
+                    misses += 1
+                seq += step
+        return sorted(found)
+
+    def batch_keys(self) -> set[str]:
+        """The object keys of every batch the last load found."""
+        return {self._key(s) for s in self.seqs}
+
+    def read_batch(self, seq: int) -> dict:
+        """Fetch and open batch ``seq`` (authenticated; its chain is not checked here)."""
+        return self._decode(seq, self._get(seq))
+
+    def prune(self, keep_from: int, dry_run: bool = False) -> list[int]:
+        """Delete every batch below ``keep_from`` (a snapshot), lowest first; returns their seqs.
+
+        The floor hint is raised to ``keep_from`` first, so a reader still
+        finds the head however many batches go, and a prune cut short leaves
+        the kept batches contiguous with the leftovers right below them.
+        """
+        if keep_from > self.seq:
+            raise ValueError(f"cannot prune up to batch {keep_from}: the head is {self.seq}")
+        doomed = [s for s in self.seqs if s < keep_from]
+        if dry_run:
+            return doomed
+        if keep_from > self.floor:
+            self._write_floor(keep_from)
+            self.floor = keep_from
+        for s in doomed:
+            self.store.delete(self._key(s))
+        self.seqs = [s for s in self.seqs if s >= keep_from]
+        return doomed
+
     # ---- reading
 
     def load(self) -> Namespace:
         """Rebuild the namespace from the newest snapshot and the deltas after it."""
         present = set(self.store.list(JOURNAL_PREFIX))
         ns = Namespace()
+        self.floor = self.read_floor()
+        if not present and self.floor:
+            log.error("integrity: the journal was pruned up to batch %d but holds no batch", self.floor)
+            raise IntegrityError(f"the journal holds no batch although it was pruned up to batch {self.floor}; "
+                                 "the store's metadata was deleted")
         if not present:
             if self.guard is not None:
                 self.guard.check(-1, _ZERO_HASH, {})
@@ -180,25 +268,16 @@ class Journal:
             root.parent = ROOT_INO
             ns.add(root)
             return ns
-        # Map stored names to sequence numbers by recomputing names until
-        # every listed batch is accounted for (names that never match are not
-        # ours: leftovers of a lost race are impossible with if-none-match).
-        seqs: list[int] = []
-        seq = 0
-        remaining = len(present)
-        misses = 0
-        while remaining and misses < 100_000:
-            if self._key(seq) in present:
-                seqs.append(seq)
-                remaining -= 1
-                misses = 0
-            else:
-                misses += 1
-            seq += 1
+        seqs = self._find_seqs(present)
         if not seqs:
             log.error("integrity: the store's journal objects are not this vault's")
             raise IntegrityError("no journal batch of this vault found (objects under journal/ are foreign)")
         head = seqs[-1]
+        if head < self.floor:
+            # Pruning never goes past the newest snapshot: this journal is older than the hint.
+            log.error("integrity: journal head %d is below the floor %d", head, self.floor)
+            raise IntegrityError(f"the journal ends at batch {head}, before batch {self.floor} that it was pruned "
+                                 "to: the store was rolled back")
         contiguous = set(seqs)
         # No writer ever leaves a hole in the chain, so a hole anywhere (even
         # before the newest snapshot, where the walk below does not look) means
@@ -243,6 +322,7 @@ class Journal:
             except OSError as exc:
                 log.warning("could not record the journal head on this device: %s", exc)
         self.seq = head
+        self.seqs = seqs
         self.prev = prev_hash or _ZERO_HASH
         self.since_snapshot = len(blobs) - 1
         ns.dirty.clear()

@@ -1,0 +1,184 @@
+"""Garbage collection: prune old journal batches, delete chunk objects nothing references.
+
+What is kept (DESIGN.md section 15):
+
+* every journal batch from the ``keep_snapshots``-th newest snapshot to the
+  head (2 by default), so a reader that began loading before the newest
+  snapshot was written still finds the one it started from;
+* every object that any namespace state from that snapshot to the head
+  references (the union of the chunk lists in every kept batch), plus, in a
+  mounted daemon, what its in-memory namespace references;
+* every object younger than the grace period (a commit may be in flight on
+  this or another device: chunks are uploaded before the batch naming them);
+* everything the collector does not recognise (reported, never deleted).
+
+The store is listed *before* the references are gathered, so an object
+created later is never a candidate, and an object unreferenced once is never
+referenced again (object ids are fresh random values).
+
+Callers: `cli` (``encfs-photo gc STORE``), `daemon` (the ``gc`` control
+request and the automatic collector). Imports meta, content, errors, store.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .content import DATA_PREFIX
+from .errors import IntegrityError, ReadOnlyError, StoreError
+from .meta import FLOOR_KEY, Inode, Journal
+from .store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = 24 * 3600.0  # seconds; see DESIGN.md 15 for why not less
+KEEP_SNAPSHOTS = 2
+SWEEP_EVERY = 24 * 3600.0  # the daemon's automatic orphan sweep runs at most this often
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_SLOT = re.compile(r"^keys/[0-9a-f]{16}$")
+
+
+@dataclass
+class GcReport:
+    dry_run: bool = False
+    objects_before: int = 0
+    objects_after: int = 0
+    data_objects: int = 0
+    referenced: int = 0
+    orphans_deleted: int = 0
+    orphans_young: int = 0  # unreferenced, but younger than the grace: kept
+    batches_kept: int = 0
+    batches_pruned: int = 0
+    floor: int = 0
+    delete_failures: int = 0
+    unknown: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        line = (f"{verb} {self.orphans_deleted} unreferenced chunk objects and {self.batches_pruned} old journal "
+                f"batches; kept {self.referenced} referenced objects, {self.orphans_young} too young to judge, "
+                f"{self.batches_kept} batches (from batch {self.floor}); store objects {self.objects_before} -> "
+                f"{self.objects_after}")
+        if self.delete_failures:
+            line += f"; {self.delete_failures} deletes failed (retried at the next run)"
+        if self.unknown:
+            line += f"; {len(self.unknown)} objects not recognised, left alone"
+        return line
+
+
+def chunk_keys(node: Inode) -> set[str]:
+    """The object keys one inode record references."""
+    return {ref.key for ref in node.chunks.values()}
+
+
+def kept_range(journal: Journal, keep_snapshots: int = KEEP_SNAPSHOTS) -> tuple[int, set[str]]:
+    """(lowest seq to keep, every object key the batches from there to the head reference).
+
+    Walks back from the loaded head, opening each batch, until the
+    ``keep_snapshots``-th snapshot (or the lowest batch there is).
+    """
+    refs: set[str] = set()
+    keep_from = journal.seqs[0] if journal.seqs else 0
+    found = 0
+    for seq in reversed(journal.seqs):
+        batch = journal.read_batch(seq)
+        try:
+            for record in batch["inodes"]:
+                refs |= chunk_keys(Inode.from_record(record))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"journal batch {seq}: malformed ({exc})") from None
+        if batch["kind"] == "snapshot":
+            found += 1
+            if found >= keep_snapshots:
+                keep_from = seq
+                break
+    return keep_from, refs
+
+
+def collect(store: ObjectStore, journal: Journal, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
+            keep_snapshots: int = KEEP_SNAPSHOTS, sweep: bool = True,
+            listing: dict[str, float] | None = None, extra_refs: set[str] | None = None,
+            now: Callable[[], float] = time.time) -> GcReport:
+    """Prune ``journal`` (loaded) and, with ``sweep``, delete orphan chunk objects.
+
+    ``listing`` (key -> last-modified time) must have been taken before the
+    references were gathered; by default it is taken here, before the kept
+    batches are read, which is correct when ``journal`` was loaded just now
+    and nothing else writes through this process.
+    """
+    if listing is None:
+        listing = dict(store.list_with_times())
+    report = GcReport(dry_run=dry_run, objects_before=len(listing))
+    keep_from, refs = kept_range(journal, keep_snapshots)
+    if extra_refs:
+        refs |= extra_refs
+    known_batches = journal.batch_keys()
+    pruned = journal.prune(keep_from, dry_run=dry_run) if journal.seqs else []
+    report.batches_pruned = len(pruned)
+    report.batches_kept = len(journal.seqs) - (len(pruned) if dry_run else 0)
+    report.floor = keep_from
+    deleted = len(pruned)
+    cutoff = now() - grace
+    for key, mtime in sorted(listing.items()):
+        rest = key[len(DATA_PREFIX):]
+        if key == "config" or _SLOT.match(key) or key == FLOOR_KEY or key in known_batches:
+            continue
+        if key.startswith(DATA_PREFIX) and _HEX32.match(rest):
+            report.data_objects += 1
+            if key in refs:
+                report.referenced += 1
+            elif not sweep:
+                continue
+            elif mtime > cutoff:
+                report.orphans_young += 1
+            else:
+                report.orphans_deleted += 1
+                if not dry_run:
+                    try:
+                        store.delete(key)
+                    except StoreError as exc:  # an orphan costs space only: the next run retries
+                        report.orphans_deleted -= 1
+                        report.delete_failures += 1
+                        log.warning("gc: could not delete %s: %s", key, exc)
+                        continue
+                deleted += 1
+            continue
+        report.unknown.append(key)
+    if report.unknown:
+        log.warning("gc: %d objects not recognised, left alone (first: %s)", len(report.unknown), report.unknown[0])
+    created = 1 if pruned and not dry_run and FLOOR_KEY not in listing else 0  # the first floor hint
+    report.objects_after = report.objects_before - deleted + created if listing else 0
+    return report
+
+
+def collect_mounted(fs: Any, *, grace: float = DEFAULT_GRACE, dry_run: bool = False, sweep: bool = True,
+                    keep_snapshots: int = KEEP_SNAPSHOTS) -> GcReport:
+    """The same work inside a mounted daemon, without unmounting.
+
+    The listing comes first; then the mount commits and hands over what its
+    in-memory namespace references; then a fresh read of the journal adds what
+    every kept batch references (other devices' commits included). A store
+    whose head is now older than the mount's is refused: it was rolled back.
+    """
+    if fs.read_only:
+        raise ReadOnlyError("the mount is read-only; the garbage collector deletes objects, so it needs a "
+                            "writable mount")
+    vault = fs.vault
+    store: ObjectStore = vault.store
+    listing = dict(store.list_with_times()) if sweep else {}
+    live, seq = fs.gc_roots()
+    journal = Journal(store, vault.vault_id, vault.meta_key, vault.names_key)
+    journal.load()
+    if journal.seq < seq:
+        raise IntegrityError(f"the store's journal ends at batch {journal.seq}, before this mount's batch {seq}: "
+                             "the store was rolled back; not collecting")
+    return collect(store, journal, grace=grace, dry_run=dry_run, keep_snapshots=keep_snapshots, sweep=sweep,
+                   listing=listing, extra_refs=live)
