@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import crypto
 from .content import ChunkIO, ChunkRef, nblocks
 from .errors import IntegrityError, StoreError, StoreNotFoundError
+from .gc import kept_range
 from .meta import ROOT_INO, Journal, Namespace
 from .vault import Vault
 
@@ -25,7 +26,8 @@ class Report:
     chunks: int = 0
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
-    unreferenced: int = 0
+    unreferenced: int = 0  # chunk objects no kept batch references: what `gc` deletes once past the grace
+    old_batches: int = 0  # journal batches below the kept snapshots: what `gc` prunes
 
 
 def expected_size(ref: ChunkRef, block_size: int, chunk_size: int) -> int:
@@ -87,5 +89,7 @@ def check(vault: Vault, read_data: bool = False, progress: Callable[[int], None]
                 report.problems.append(f"{name}: chunk {idx}: {exc}")
             except StoreError as exc:
                 report.problems.append(f"{name}: chunk {idx}: store error: {exc}")
-    report.unreferenced = sum(1 for k in vault.store.list("data/") if k not in referenced)
+    keep_from, kept_refs = kept_range(journal)
+    report.old_batches = sum(1 for s in journal.seqs if s < keep_from)
+    report.unreferenced = sum(1 for k in vault.store.list("data/") if k not in referenced and k not in kept_refs)
     return report

@@ -197,7 +197,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             cache.close(wait=False)
         raise
     options = {"allow_other": args.allow_other, "read_only": args.read_only,
-               "extra_options": _fuse_options(args), "debug": args.debug}
+               "extra_options": _fuse_options(args), "debug": args.debug, "auto_gc": not args.no_auto_gc}
     if args.foreground:
         def banner() -> None:  # once the kernel has the mount
             print(f"mounted {store.describe()} on {mnt}; Ctrl-C or `encfs-photo unmount {mnt}` locks it",
@@ -424,10 +424,55 @@ def cmd_check(args: argparse.Namespace) -> int:
         what += f", {report.bytes_checked} bytes authenticated"
     if report.unreferenced:
         what += f", {report.unreferenced} unreferenced objects (garbage)"
+    if report.old_batches:
+        what += f", {report.old_batches} old journal batches"
+    if report.unreferenced or report.old_batches:
+        what += " (`encfs-photo gc` removes them)"
     if report.problems:
         print(f"check found {len(report.problems)} problems in {what}", file=sys.stderr)
         return EXIT_USER
     print(f"no problems found: {what}")
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from . import gc
+
+    try:
+        grace = gc.parse_duration(args.grace)
+    except ValueError as exc:
+        raise UserError(f"--grace: {exc}") from None
+    entry = control.lookup(args.target) if "://" not in args.target else None
+    if entry is None:
+        store = _store(args.target, endpoint_url=args.endpoint_url)
+        # A vault mounted here is collected by its daemon: it knows what it has not uploaded yet.
+        entry = next((e for e in control.all_mounts() if e.get("store") == store.describe()), None)
+        if entry is not None:
+            print(f"{args.target} is mounted on {entry['mountpoint']}: collecting through that mount",
+                  file=sys.stderr)
+    if entry is not None:
+        reply = control.request(entry["socket"], "gc", timeout=None, dry_run=args.dry_run, grace=grace)
+        if not reply.pop("ok", False):
+            raise UserError(f"gc failed: {reply.get('error')}")
+        report = gc.GcReport(**reply)
+    else:
+        from .meta import Journal
+        from .state import RollbackGuard, default_state_dir
+
+        vault = _unlock(args, store)
+        # The device's memory of the newest head: collecting from a rolled-back
+        # journal would delete exactly the newer data the rollback hides.
+        guard = RollbackGuard(args.state_dir or default_state_dir(), vault.vault_id, vault.local_key)
+        listing = dict(store.list_with_times())
+        journal = Journal(store, vault.vault_id, vault.meta_key, vault.names_key, guard)
+        journal.load()
+        report = gc.collect(store, journal, grace=grace, dry_run=args.dry_run, listing=listing)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report.summary())
+        for key in report.unknown[:20]:
+            print(f"  not recognised, left alone: {key}")
     return EXIT_OK
 
 
@@ -497,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default ~/.local/state/encfs-photo)")
     sp.add_argument("--accept-rollback", action="store_true",
                     help="mount even if the store is older than this device saw last (after a restore)")
+    sp.add_argument("--no-auto-gc", action="store_true", help="do not prune the journal and sweep unreferenced "
+                    "objects in the background (`encfs-photo gc` still works)")
     sp.set_defaults(func=cmd_mount)
 
     sp = sub.add_parser("unmount", aliases=["umount"], help="flush, unmount and lock")
@@ -520,6 +567,16 @@ def build_parser() -> argparse.ArgumentParser:
     secrets(sp)
     sp.add_argument("--read-data", action="store_true")
     sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("gc", help="delete old journal batches and chunk objects nothing references")
+    sp.add_argument("target", metavar="STORE|MOUNTPOINT", help="a store, or the mount point of a mounted vault")
+    secrets(sp)
+    sp.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    sp.add_argument("--grace", default="24h", metavar="DURATION", help="never delete an object younger than "
+                    "this (a commit may be in flight on another device), e.g. 0, 30m, 1h, 2d (default 24h)")
+    sp.add_argument("--state-dir", metavar="DIR", help="where this device remembers each vault's newest state")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_gc)
 
     sp = sub.add_parser("passwd", help="change the passphrase (rewraps a key slot only)")
     sp.add_argument("store", metavar="STORE")

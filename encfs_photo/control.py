@@ -2,7 +2,8 @@
 
 Each mount daemon writes ``RUNDIR/<id>.json`` (pid, mount point, store, log
 file) and listens on ``RUNDIR/<id>.sock`` (mode 0600) for one-line JSON
-requests: ``{"cmd": "sync"}`` and ``{"cmd": "status"}``. ``<id>`` is a hash of
+requests: ``{"cmd": "sync"}``, ``{"cmd": "status"}``, ``{"cmd": "gc", "dry_run": false, "grace": 3600}``
+(other fields are the handler's keyword arguments). ``<id>`` is a hash of
 the mount point's real path. Callers: `cli` (client side), `daemon` (server).
 """
 
@@ -104,11 +105,11 @@ def all_mounts() -> list[dict[str, Any]]:
     return out
 
 
-def request(sock_path: str, cmd: str, timeout: float | None = 600) -> dict[str, Any]:
+def request(sock_path: str, cmd: str, timeout: float | None = 600, **args: Any) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(sock_path)
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)
@@ -121,7 +122,7 @@ def request(sock_path: str, cmd: str, timeout: float | None = 600) -> dict[str, 
 class Server:
     """Answers control requests on a unix socket from a daemon thread."""
 
-    def __init__(self, sock_path: str, handlers: dict[str, Callable[[], dict[str, Any]]]) -> None:
+    def __init__(self, sock_path: str, handlers: dict[str, Callable[..., dict[str, Any]]]) -> None:
         self.path = sock_path
         self.handlers = handlers
         try:
@@ -149,9 +150,10 @@ class Server:
         with conn:
             try:
                 line = conn.makefile("rb").readline()
-                cmd = json.loads(line).get("cmd")
+                args = json.loads(line)
+                cmd = args.pop("cmd", None)
                 handler = self.handlers.get(cmd)
-                reply = handler() if handler else {"ok": False, "error": f"unknown command {cmd!r}"}
+                reply = handler(**args) if handler else {"ok": False, "error": f"unknown command {cmd!r}"}
             except Exception as exc:  # noqa: BLE001 - the client gets the error as text
                 reply = {"ok": False, "error": str(exc)}
             try:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import control, mount
+from . import control, gc, mount
 from .errors import EncfsPhotoError
 from .fs import FileSystem
 
@@ -48,7 +48,7 @@ def sd_notify(state: str) -> bool:
 
 
 def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None = None,
-          on_ready: Callable[[], None] | None = None, **mount_options: Any) -> None:
+          on_ready: Callable[[], None] | None = None, auto_gc: bool = True, **mount_options: Any) -> None:
     control.register(mountpoint, store, log_file)
     cache = fs.vault.store if hasattr(fs.vault.store, "wait_uploaded") else None  # write-back cache (s3://)
 
@@ -72,6 +72,9 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
             cache.leave_queued()  # `unmount --no-wait`, or Ctrl-C while it waits
         return {"ok": True}
 
+    def collect(dry_run: bool = False, grace: float = gc.DEFAULT_GRACE) -> dict[str, Any]:
+        return {"ok": True, **gc.collect_mounted(fs, grace=float(grace), dry_run=bool(dry_run)).to_dict()}
+
     def status() -> dict[str, Any]:
         return {"ok": True, "mountpoint": real_mountpoint, "store": store, "pid": os.getpid(), **_fs_status(fs),
                 **_cache_status(cache)}
@@ -88,11 +91,14 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
 
     _, sock, _ = control.paths(mountpoint)
     server = control.Server(sock, {"sync": sync, "status": status, "commit": commit,
-                                  "leave-queued": leave_queued})
+                                  "leave-queued": leave_queued, "gc": collect})
+    collector = gc.AutoCollector(fs) if auto_gc and not fs.read_only else None
     started = time.monotonic()
     served = False
     if cache is not None:
         cache.start()  # in this process: a detached daemon is a fork
+    if collector is not None:
+        collector.start()  # a thread: started here, after any fork
     try:
         log.info("mounting %s", mountpoint)
         try:
@@ -106,6 +112,8 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
                                   "its own message is just above)") from None
         served = True
     finally:
+        if collector is not None:
+            collector.stop()
         if cache is not None:
             _drain(cache, wait=served)  # the control socket still answers `status` meanwhile
         server.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,16 @@ KEEP_SNAPSHOTS = 2
 SWEEP_EVERY = 24 * 3600.0  # the daemon's automatic orphan sweep runs at most this often
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _SLOT = re.compile(r"^keys/[0-9a-f]{16}$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_mounted_lock = threading.Lock()  # one collection at a time per daemon (manual and automatic)
+
+
+def parse_duration(text: str) -> float:
+    """``0``, ``90``, ``30s``, ``15m``, ``1h``, ``2d`` -> seconds. ValueError if malformed."""
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"bad duration {text!r} (use e.g. 0, 90s, 30m, 1h or 2d)")
+    return float(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
 @dataclass
@@ -168,6 +179,11 @@ def collect_mounted(fs: Any, *, grace: float = DEFAULT_GRACE, dry_run: bool = Fa
     every kept batch references (other devices' commits included). A store
     whose head is now older than the mount's is refused: it was rolled back.
     """
+    with _mounted_lock:
+        return _collect_mounted(fs, grace=grace, dry_run=dry_run, sweep=sweep, keep_snapshots=keep_snapshots)
+
+
+def _collect_mounted(fs: Any, *, grace: float, dry_run: bool, sweep: bool, keep_snapshots: int) -> GcReport:
     if fs.read_only:
         raise ReadOnlyError("the mount is read-only; the garbage collector deletes objects, so it needs a "
                             "writable mount")
@@ -182,3 +198,56 @@ def collect_mounted(fs: Any, *, grace: float = DEFAULT_GRACE, dry_run: bool = Fa
                              "the store was rolled back; not collecting")
     return collect(store, journal, grace=grace, dry_run=dry_run, keep_snapshots=keep_snapshots, sweep=sweep,
                    listing=listing, extra_refs=live)
+
+
+class AutoCollector:
+    """The daemon's own collector: prunes when the journal moved, sweeps orphans at most once per ``sweep_every``.
+
+    Runs on a thread every ``check_every`` seconds; the first sweep comes at
+    the first check, so a vault mounted for a day is swept once a day. Never
+    started on a read-only mount (it would only be refused).
+    """
+
+    def __init__(self, fs: Any, *, check_every: float = 600.0, sweep_every: float = SWEEP_EVERY,
+                 grace: float = DEFAULT_GRACE) -> None:
+        self.fs = fs
+        self.check_every = check_every
+        self.sweep_every = sweep_every
+        self.grace = grace
+        self.last: GcReport | None = None
+        self._last_seq = -1
+        self._last_sweep = float("-inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="encfs-gc", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.check_every):
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - garbage waits for the next check; the mount carries on
+                log.warning("automatic gc skipped: %s", exc)
+
+    def tick(self) -> GcReport | None:
+        """One check: collect if the journal moved or a sweep is due; the report, or None if nothing ran."""
+        seq = self.fs.status()["journal_seq"]
+        sweep = time.monotonic() - self._last_sweep >= self.sweep_every
+        if not sweep and seq == self._last_seq:
+            return None
+        report = collect_mounted(self.fs, grace=self.grace, sweep=sweep)
+        self._last_seq = seq
+        if sweep:
+            self._last_sweep = time.monotonic()
+        if report.batches_pruned or report.orphans_deleted:
+            log.info("automatic gc: %s", report.summary())
+        self.last = report
+        return report

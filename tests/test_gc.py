@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -20,7 +21,7 @@ from encfs_photo.store import LocalStore, MemoryStore
 
 PW = "gc test passphrase"
 BS, CS = 4096, 16384  # small chunks: a few KiB of data make several chunk objects
-T0 = 1_800_000_000.0
+T0 = 1_700_000_000.0  # in the past: objects stamped with it are old to the real clock
 
 
 
@@ -432,3 +433,104 @@ def test_objects_before_and_after_for_a_workload_that_overwrites(tmp_path, few_d
           f"({r.batches_pruned} batches pruned, {r.orphans_deleted} orphans)")
     assert after == r.objects_after < before
     assert r.batches_kept <= 2 * (meta.SNAPSHOT_EVERY + 1)
+
+
+# ------------------------------------------------------------------ the command line and a mounted vault
+
+
+def plant_orphan(root, age: float = 7200.0) -> str:
+    """Copy a real chunk object under a fresh id, aged ``age`` seconds: what a failed delete leaves."""
+    store = LocalStore(str(root))
+    src = sorted(store.list("data/"))[0]
+    key = "data/" + os.urandom(16).hex()
+    store.put(key, store.get(src))
+    old = __import__("time").time() - age
+    os.utime(store._path(key), (old, old))
+    return key
+
+
+def test_cli_gc_on_a_store_dry_run_then_for_real(cli, tmp_path, few_deltas):
+    from conftest import PASSPHRASE
+
+    root = tmp_path / "store"
+    pw = tmp_path / "pw"
+    pw.write_text(PASSPHRASE + "\n")
+    store = LocalStore(str(root))
+    vault.create(store, PASSPHRASE, with_recovery=False)
+    for i in range(8):
+        fs = FileSystem(vault.open_vault(store, passphrase=PASSPHRASE))
+        _, fh = fs.create(ROOT_INO, f"f{i}".encode(), 0o100644, os.O_RDWR, 0, 0)
+        fs.write(fh, 0, bytes([i]) * 1000)
+        close(fs, fh)
+        fs.close()  # 8 unmount snapshots
+    orphan = plant_orphan(root)
+    before = sorted(store.list())
+    r = cli.run("gc", root, "--password-file", pw, "--dry-run", "--grace", "1h")
+    assert r.returncode == 0, r.stderr
+    assert "would delete 1 unreferenced chunk objects and 12 old journal batches" in r.stdout, r.stdout
+    assert sorted(store.list()) == before
+    r = cli.run("check", root, "--password-file", pw)
+    assert "1 unreferenced objects (garbage), 12 old journal batches" in r.stdout, r.stdout + r.stderr
+    r = cli.run("gc", root, "--password-file", pw)  # the default grace, 24 h
+    assert r.returncode == 0 and "deleted 0 unreferenced" in r.stdout and "1 too young" in r.stdout, r.stdout
+    r = cli.run("gc", root, "--password-file", pw, "--json", "--grace", "1h")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["orphans_deleted"] == 1 and not store.exists(orphan)
+    r = cli.run("check", root, "--password-file", pw)
+    assert r.returncode == 0 and "garbage" not in r.stdout and "old journal" not in r.stdout, r.stdout
+    fs = FileSystem(vault.open_vault(store, passphrase=PASSPHRASE))
+    assert tree(fs) == {f"f{i}": bytes([i]) * 1000 for i in range(8)}
+    r = cli.run("gc", root, "--password-file", pw, "--grace", "soon")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--grace" in r.stderr
+
+
+@pytest.mark.mount
+def test_gc_on_a_mounted_vault_through_the_control_socket(vault_mount):
+    from conftest import tree_digest
+
+    vm = vault_mount
+    for rnd in range(3):
+        for i in range(4):
+            with open(vm.path(f"IMG_{i}.CR3"), "wb") as f:
+                f.write(bytes([rnd, i]) * 30_000)
+        vm.remount()  # each unmount writes a snapshot
+    for i in range(4):
+        with open(vm.path(f"IMG_{i}.xmp"), "wb") as f:
+            f.write(b"<x:xmpmeta/>" * (i + 1))
+    orphan = plant_orphan(vm.store)
+    want = tree_digest(vm.mnt)
+    r = vm.cli.run("gc", vm.mnt, "--dry-run", "--grace", "1h")
+    assert r.returncode == 0 and "would delete 1 unreferenced" in r.stdout, r.stdout + r.stderr
+    assert LocalStore(str(vm.store)).exists(orphan)
+    # Given the store, the command finds the mount and asks its daemon.
+    r = vm.cli.run("gc", vm.store, "--json", "--grace", "1h")
+    assert r.returncode == 0, r.stderr
+    assert "collecting through that mount" in r.stderr
+    report = json.loads(r.stdout)
+    assert report["orphans_deleted"] == 1 and report["batches_pruned"] > 0, report
+    assert not LocalStore(str(vm.store)).exists(orphan)
+    assert tree_digest(vm.mnt) == want
+    vm.remount()
+    assert tree_digest(vm.mnt) == want
+    vm.unmount()
+    r = vm.cli.run("check", vm.store, "--password-file", vm.pwfile, "--read-data")
+    assert r.returncode == 0 and "garbage" not in r.stdout, r.stdout + r.stderr
+
+
+def test_the_daemons_automatic_collector_prunes_and_sweeps(few_deltas):
+    store = MemoryStore()
+    store.clock = lambda: T0
+    env = Env(store)
+    want = make_history(env, 12)
+    env.write("lost", os.urandom(CS), commit=False)
+    env.fs._io.wait_puts()
+    env.fs = env.open()
+    auto = gc.AutoCollector(env.fs, grace=0, sweep_every=3600)
+    r = auto.tick()
+    assert r is not None and r.batches_pruned > 0 and r.orphans_deleted == 1
+    assert auto.tick() is None  # nothing moved, no sweep due
+    env.write("new", b"n")
+    r = auto.tick()
+    assert r is not None and r.objects_before == 0  # the journal moved: a prune, no sweep
+    env.fs.close()
+    assert tree(env.open()) == {**want, "new": b"n"}
