@@ -241,13 +241,18 @@ def _cache(args: argparse.Namespace, store, vault, size: int | None):
         return None
     import hashlib
 
-    from .store.writeback import DEFAULT_CACHE_SIZE, WriteBackStore, default_cache_dir
+    from .store.writeback import DEFAULT_CACHE_SIZE, WriteBackStore
+
+    owner = hashlib.sha256(b"encfs-photo cache owner\0" + vault.vault_id).hexdigest()[:32]
+    return WriteBackStore(store, _cache_dir(args, store), size or DEFAULT_CACHE_SIZE, owner=owner, start=False)
+
+
+def _cache_dir(args: argparse.Namespace, store) -> str:
+    from .store.writeback import default_cache_dir
 
     endpoint = (getattr(store, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL_S3")
                 or os.environ.get("AWS_ENDPOINT_URL") or "")
-    cache_dir = args.cache_dir or default_cache_dir(f"{store.describe()} {endpoint}")
-    owner = hashlib.sha256(b"encfs-photo cache owner\0" + vault.vault_id).hexdigest()[:32]
-    return WriteBackStore(store, cache_dir, size or DEFAULT_CACHE_SIZE, owner=owner, start=False)
+    return getattr(args, "cache_dir", None) or default_cache_dir(f"{store.describe()} {endpoint}")
 
 
 def _human(n: float) -> str:
@@ -450,6 +455,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if entry is not None:
             print(f"{args.target} is mounted on {entry['mountpoint']}: collecting through that mount",
                   file=sys.stderr)
+        elif args.target.startswith("s3://"):
+            # Uploads an earlier mount left queued (unmount --no-wait) are not in the bucket yet:
+            # their batches name chunk objects that this collection would take for orphans.
+            pending = os.path.join(_cache_dir(args, store), "pending")
+            if os.path.isdir(pending) and any(not n.startswith(".") for n in os.listdir(pending)):
+                raise UserError(f"uploads of an earlier mount are still queued in {pending}: mount the vault "
+                                "(that resumes them), then run gc on the mount point")
     if entry is not None:
         reply = control.request(entry["socket"], "gc", timeout=None, dry_run=args.dry_run, grace=grace)
         if not reply.pop("ok", False):
@@ -575,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace", default="24h", metavar="DURATION", help="never delete an object younger than "
                     "this (a commit may be in flight on another device), e.g. 0, 30m, 1h, 2d (default 24h)")
     sp.add_argument("--state-dir", metavar="DIR", help="where this device remembers each vault's newest state")
+    sp.add_argument("--cache-dir", metavar="DIR", help="the cache folder mounts of this s3:// store use, if not "
+                    "the default: gc refuses to run while uploads are queued there")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_gc)
 

@@ -534,3 +534,56 @@ def test_the_daemons_automatic_collector_prunes_and_sweeps(few_deltas):
     assert r is not None and r.objects_before == 0  # the journal moved: a prune, no sweep
     env.fs.close()
     assert tree(env.open()) == {**want, "new": b"n"}
+
+
+def test_gc_through_a_write_back_cache_and_a_fresh_cache_afterwards(tmp_path, few_deltas):
+    from encfs_photo.store.writeback import WriteBackStore
+
+    bucket = MemoryStore()
+    bucket.clock = lambda: T0
+    vault.create(bucket, PW, block_size=BS, chunk_size=CS, with_recovery=False)
+    cache = WriteBackStore(bucket, str(tmp_path / "cache"), retry_initial=0.01)
+    env = Env.__new__(Env)
+    env.store, env.state_dir = cache, None
+    env.fs = env.open()
+    want = make_history(env, 12)
+    env.write("lost", os.urandom(CS), commit=False)
+    env.fs._io.wait_puts()
+    cache.wait_uploaded()
+    env.fs = env.open()
+    r = gc.collect_mounted(env.fs, grace=3600)
+    assert r.batches_pruned > 0 and r.orphans_deleted == 1
+    env.fs.close()
+    cache.close(wait=True)
+    assert FLOOR_KEY in bucket.objects
+    # A second machine: the bucket alone, an empty cache folder.
+    fresh = WriteBackStore(bucket, str(tmp_path / "cache2"))
+    env.store = fresh
+    assert tree(env.open()) == want
+    fresh.close(wait=True)
+
+
+def test_cli_gc_on_s3_refuses_while_an_earlier_mount_left_uploads_queued(tmp_path, capsys):
+    moto = pytest.importorskip("moto")
+    from conftest import PASSPHRASE
+
+    from encfs_photo import cli
+    from encfs_photo.store.s3 import S3Store
+
+    pw = tmp_path / "pw"
+    pw.write_text(PASSPHRASE + "\n")
+    cache = tmp_path / "cache"
+    (cache / "pending").mkdir(parents=True)
+    (cache / "pending" / ("0" * 16 + "-C-journal~" + "ab" * 16)).write_bytes(b"queued batch")
+    with moto.mock_aws():
+        store = S3Store.from_url("s3://gc-cli/v")
+        store._client().create_bucket(Bucket="gc-cli")
+        vault.create(store, PASSPHRASE, with_recovery=False)
+        argv = ["gc", "s3://gc-cli/v", "--password-file", str(pw), "--cache-dir", str(cache),
+                "--state-dir", str(tmp_path / "state")]
+        assert cli.main(argv) == cli.EXIT_USER
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "still queued" in err
+        shutil.rmtree(cache / "pending")
+        assert cli.main(argv) == cli.EXIT_OK
+        assert "deleted 0 unreferenced chunk objects" in capsys.readouterr().out
