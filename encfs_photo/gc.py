@@ -43,6 +43,7 @@ SWEEP_EVERY = 24 * 3600.0  # the daemon's automatic orphan sweep runs at most th
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _SLOT = re.compile(r"^keys/[0-9a-f]{16}$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SINGLETONS = frozenset({"config", FLOOR_KEY, "lease"})  # "lease": the writer's lease object (lease.py)
 _mounted_lock = threading.Lock()  # one collection at a time per daemon (manual and automatic)
 
 
@@ -140,7 +141,7 @@ def collect(store: ObjectStore, journal: Journal, *, grace: float = DEFAULT_GRAC
     cutoff = now() - grace
     for key, mtime in sorted(listing.items()):
         rest = key[len(DATA_PREFIX):]
-        if key == "config" or _SLOT.match(key) or key == FLOOR_KEY or key in known_batches:
+        if key in _SINGLETONS or _SLOT.match(key) or key in known_batches:
             continue
         if key.startswith(DATA_PREFIX) and _HEX32.match(rest):
             report.data_objects += 1
