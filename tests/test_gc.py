@@ -339,7 +339,8 @@ def test_a_tampered_floor_hint_only_denies_service(few_deltas):
     store.objects[FLOOR_KEY] = old_floor
     assert tree(env.open()) == want
     # A forged one (any seq, any MAC): refused, never believed.
-    for forged in (good.replace(b'"seq": ', b'"seq": 1'), good[:20] + b"0" + good[21:], b"{}", b"\xff"):
+    flipped = good[:20] + (b"1" if good[20:21] == b"0" else b"0") + good[21:]  # one hex digit of the MAC
+    for forged in (good.replace(b'"seq": ', b'"seq": 1'), flipped, b"{}", b"\xff"):
         store.objects[FLOOR_KEY] = forged
         with pytest.raises(IntegrityError, match="floor hint"):
             env.open()
