@@ -505,7 +505,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     new_slot = vault.add_slot(vault_mod.SLOT_PASSPHRASE, vault_mod.normalize_passphrase(new))
     old = vault.opened_slot
     if old is not None and old.kind == vault_mod.SLOT_PASSPHRASE:
-        vault.remove_slot(old.slot_id)
+        vault.remove_slot(old.slot_id, replacing_opened=True)
     elif old is not None:
         # Unlocked with the recovery key or a key file: the usual reason is a
         # forgotten passphrase, so the new one replaces every passphrase slot.

@@ -13,6 +13,7 @@ import hmac
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -38,8 +39,11 @@ LABEL_LOCAL = b"local-state"
 
 _HKDF_PREFIX = b"encfs-photo/v1 "
 _CHUNK_AAD_MAGIC = b"EPC1"
-_JOURNAL_AAD_MAGIC = b"EPJ1"
-_SLOT_AAD_MAGIC = b"EPK1"
+# Version 2 of the journal and slot AADs: their objects carry a key commitment.
+_JOURNAL_AAD_MAGIC = b"EPJ2"
+_SLOT_AAD_MAGIC = b"EPK2"
+LABEL_COMMIT = b"key-commitment"
+COMMIT_LEN = 32
 
 
 def random_bytes(n: int) -> bytes:
@@ -53,6 +57,22 @@ def hkdf(key: bytes, salt: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
 
 def subkey(master: bytes, vault_id: bytes, label: bytes) -> bytes:
     return hkdf(master, vault_id, label)
+
+
+def key_commitment(key: bytes) -> bytes:
+    """A 32-byte value that only ``key`` produces (HKDF-SHA256 is collision resistant in its key).
+
+    AES-GCM is not key-committing: one ciphertext can be made to pass its tag
+    under many keys (a partitioning oracle tests a batch of passphrases per
+    guess). Storing this beside a ciphertext and checking it before decrypting
+    pins the one key that may open it.
+    """
+    return hkdf(key, b"", LABEL_COMMIT)
+
+
+def commitment_ok(key: bytes, stored: bytes) -> bool:
+    """Constant-time check of a stored commitment against ``key``."""
+    return len(stored) == COMMIT_LEN and hmac.compare_digest(key_commitment(key), stored)
 
 
 # ---------------------------------------------------------------- key slots
@@ -102,6 +122,37 @@ def derive_kek(secret: bytes, params: KdfParams) -> bytes:
     ).derive(secret)
 
 
+CALIBRATION_MEMORY_KIB = 256 * 1024  # memory-hard first: as much as the machine can spare, up to this
+CALIBRATION_LANES = 4
+
+
+def calibrate_kdf(target_s: float, mem_available_kib: int, clock: Callable[[], float],
+                  derive: Callable[[bytes, KdfParams], bytes] | None = None) -> KdfParams:
+    """Argon2id parameters that take about ``target_s`` seconds here (never outside floor/ceiling).
+
+    Memory first: m is CALIBRATION_MEMORY_KIB if a quarter of the available
+    memory holds it, else that quarter (not below the floor). Then one timed
+    run at the floor's t gives the cost of a pass, and t is raised to fill the
+    target. A machine too slow for even that at m halves m until it fits or m
+    is at the floor. ``clock`` and ``derive`` are injectable for tests.
+    """
+    derive = derive or derive_kek
+    memory = max(KdfParams.FLOOR_MEMORY_KIB, min(CALIBRATION_MEMORY_KIB, mem_available_kib // 4))
+    lanes = CALIBRATION_LANES
+    t = KdfParams.FLOOR_ITERATIONS
+    while True:
+        probe = KdfParams(random_bytes(16), t, memory, lanes)
+        start = clock()
+        derive(b"calibration", probe)
+        per_pass = max(clock() - start, 1e-9) / t
+        if per_pass * t <= target_s or memory <= KdfParams.FLOOR_MEMORY_KIB:
+            break
+        memory = max(KdfParams.FLOOR_MEMORY_KIB, memory // 2)
+    t = int(target_s / per_pass)
+    t = max(KdfParams.FLOOR_ITERATIONS, min(KdfParams.CEILING_ITERATIONS, t))
+    return KdfParams(random_bytes(16), t, memory, lanes)
+
+
 def _slot_aad(vault_id: bytes, slot_id: bytes, kind: str, params: KdfParams) -> bytes:
     return _SLOT_AAD_MAGIC + vault_id + slot_id + kind.encode() + b"\0" + params.aad()
 
@@ -113,9 +164,13 @@ def wrap_master(kek: bytes, master: bytes, vault_id: bytes, slot_id: bytes, kind
 
 
 def unwrap_master(kek: bytes, wrapped: bytes, vault_id: bytes, slot_id: bytes, kind: str,
-                  params: KdfParams) -> bytes | None:
-    """The master key, or None when this KEK does not open the slot."""
-    if len(wrapped) != NONCE_LEN + KEY_LEN + TAG_LEN:
+                  params: KdfParams, commitment: bytes) -> bytes | None:
+    """The master key, or None when this KEK does not open the slot.
+
+    ``commitment`` is the slot's stored ``key_commitment(kek)``; it is checked
+    first, so no KEK but the one the slot was made with ever reaches AES-GCM.
+    """
+    if len(wrapped) != NONCE_LEN + KEY_LEN + TAG_LEN or not commitment_ok(kek, commitment):
         return None
     try:
         return AESGCM(kek).decrypt(wrapped[:NONCE_LEN], wrapped[NONCE_LEN:], _slot_aad(vault_id, slot_id, kind, params))
@@ -212,23 +267,35 @@ class ChunkCipher:
 # ----------------------------------------------------------- metadata blobs
 
 
+BLOB_OVERHEAD = NONCE_LEN + COMMIT_LEN + TAG_LEN
+
+
 def seal_blob(key: bytes, aad: bytes, payload: bytes) -> bytes:
-    """Compress, pad (Padmé, inside the ciphertext) and encrypt a metadata payload."""
+    """Compress, pad (Padmé, inside the ciphertext) and encrypt a metadata payload.
+
+    Layout: nonce (12) || key_commitment(key) (32) || ciphertext || tag (16).
+    ``payload`` is any bytes: tests seal garbage with it to fuzz the parsers
+    behind the authentication.
+    """
     body = zlib.compress(payload, 1)
     framed = struct.pack(">I", len(body)) + body
     framed += bytes(padme(len(framed)) - len(framed))
     nonce = random_bytes(NONCE_LEN)
-    return nonce + AESGCM(key).encrypt(nonce, framed, aad)
+    return nonce + key_commitment(key) + AESGCM(key).encrypt(nonce, framed, aad)
 
 
 def open_blob(key: bytes, aad: bytes, blob: bytes, what: str) -> bytes:
-    if len(blob) < NONCE_LEN + TAG_LEN + 4:
+    if len(blob) < BLOB_OVERHEAD + 4:
         raise IntegrityError(f"{what}: too short")
+    if not commitment_ok(key, blob[NONCE_LEN:NONCE_LEN + COMMIT_LEN]):
+        raise IntegrityError(f"{what}: key commitment does not match")
     try:
-        framed = AESGCM(key).decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], aad)
+        framed = AESGCM(key).decrypt(blob[:NONCE_LEN], blob[NONCE_LEN + COMMIT_LEN:], aad)
     except InvalidTag:
         raise IntegrityError(f"{what}: authentication failed") from None
     (n,) = struct.unpack(">I", framed[:4])
+    if n > len(framed) - 4:
+        raise IntegrityError(f"{what}: bad payload length")
     try:
         return zlib.decompress(framed[4:4 + n])
     except zlib.error:

@@ -44,10 +44,12 @@ class RollbackGuard:
         try:
             with open(self.path) as f:
                 d = json.load(f)
-            seq, head, tag = int(d["seq"]), bytes.fromhex(d["head"]), bytes.fromhex(d["mac"])
+            seq, head, tag = d["seq"], bytes.fromhex(d["head"]), bytes.fromhex(d["mac"])
+            if type(seq) is not int:  # a float (Infinity too) or bool is not a seq
+                raise ValueError("seq is not an integer")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             log.warning("device state %s is unreadable; rollback detection starts afresh", self.path)
             return None
         if not crypto.mac_ok(self._key, self._body(seq, head), tag):

@@ -19,8 +19,9 @@ import base64
 import json
 import logging
 import os
+import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import crypto
 from .crypto import KdfParams
@@ -29,7 +30,9 @@ from .store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: key slots and journal batches carry a key commitment (FORMAT.md 12); a
+# version 1 vault (made before it) is refused rather than opened without one.
+FORMAT_VERSION = 2
 KNOWN_FEATURES: frozenset[str] = frozenset()
 DEFAULT_BLOCK_SIZE = 64 * 1024
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
@@ -44,16 +47,38 @@ SLOT_KINDS = (SLOT_PASSPHRASE, SLOT_RECOVERY, SLOT_KEYFILE)
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
-def default_kdf_params() -> KdfParams:
-    """Argon2id parameters for a new passphrase slot (about 0.6 s on a 2-core VM).
+KDF_TARGET_SECONDS = 1.0
+_calibrated: KdfParams | None = None
 
-    ENCFS_PHOTO_FAST_KDF=1 selects the floor instead; tests use it. It can only
-    make *new* slots cheaper down to the floor, never below it.
+
+def mem_available_kib() -> int:
+    """MemAvailable from /proc/meminfo; 1 GiB where there is no such file (other systems)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1024 * 1024
+
+
+def default_kdf_params() -> KdfParams:
+    """Argon2id parameters for a new passphrase slot: calibrated to about 1 s on this machine.
+
+    Calibrated once per process (init makes several slots). ENCFS_PHOTO_FAST_KDF=1
+    selects the floor instead; tests use it. It can only make *new* slots
+    cheaper down to the floor, never below it.
     """
+    global _calibrated
     salt = crypto.random_bytes(16)
     if os.environ.get("ENCFS_PHOTO_FAST_KDF") == "1":
         return KdfParams(salt, KdfParams.FLOOR_ITERATIONS, KdfParams.FLOOR_MEMORY_KIB, 1)
-    return KdfParams(salt, 3, 128 * 1024, 4)
+    if _calibrated is None:
+        _calibrated = crypto.calibrate_kdf(KDF_TARGET_SECONDS, mem_available_kib(), time.perf_counter)
+        log.info("Argon2id calibrated: t=%d, m=%d KiB, p=%d", _calibrated.iterations, _calibrated.memory_kib,
+                 _calibrated.lanes)
+    return replace(_calibrated, salt=salt)
 
 
 def floor_kdf_params() -> KdfParams:
@@ -92,6 +117,27 @@ def _canonical(obj: dict) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _int(value: object) -> int:
+    # JSON ints only: bool, float (and so Infinity/NaN, which int() would turn
+    # into OverflowError) and strings are refused as malformed.
+    if type(value) is not int:
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _obj(raw: bytes) -> dict:
+    d = json.loads(raw)
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    return d
+
+
 @dataclass
 class Config:
     vault_id: bytes
@@ -120,18 +166,24 @@ class Config:
     def parse(cls, raw: bytes) -> tuple[Config, bytes]:
         """(config, mac) from the stored object; raises NotAVaultError on garbage."""
         try:
-            d = json.loads(raw)
+            d = _obj(raw)
+            features = d.get("features", [])
+            if not isinstance(features, list):
+                raise ValueError("features is not a list")
             cfg = cls(
-                vault_id=bytes.fromhex(d["vault_id"]),
-                block_size=int(d["block_size"]),
-                chunk_size=int(d["chunk_size"]),
-                features=list(d.get("features", [])),
-                format=int(d["format"]),
-                cipher=str(d["cipher"]),
+                vault_id=bytes.fromhex(_str(d["vault_id"])),
+                block_size=_int(d["block_size"]),
+                chunk_size=_int(d["chunk_size"]),
+                features=[_str(f) for f in features],
+                format=_int(d["format"]),
+                cipher=_str(d["cipher"]),
             )
-            tag = bytes.fromhex(d["mac"])
-        except (ValueError, KeyError, TypeError) as exc:
+            tag = bytes.fromhex(_str(d["mac"]))
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise NotAVaultError(f"the store's config is not an encfs-photo vault config ({exc})") from None
+        if cfg.format == 1:
+            raise VaultError("this vault was made by an older encfs-photo (format 1, before key commitment); "
+                             "this version opens format 2 only")
         if cfg.format != FORMAT_VERSION:
             raise VaultError(f"vault format {cfg.format} is not supported by this version (knows {FORMAT_VERSION})")
         unknown = set(cfg.features) - KNOWN_FEATURES
@@ -145,15 +197,21 @@ class Config:
         return cfg, tag
 
 
+class SlotFormatError(VaultError):
+    """A key slot object that does not parse."""
+
+
 @dataclass
 class KeySlot:
     slot_id: bytes
     kind: str
     params: KdfParams
     wrapped: bytes
+    commitment: bytes  # crypto.key_commitment(KEK): only the slot's own KEK may try to unwrap it
 
     def to_bytes(self) -> bytes:
         return json.dumps({
+            "commit": _b64(self.commitment),
             "kind": self.kind,
             "kdf": {
                 "name": "argon2id", "salt": _b64(self.params.salt), "iterations": self.params.iterations,
@@ -164,12 +222,25 @@ class KeySlot:
 
     @classmethod
     def parse(cls, slot_id: bytes, raw: bytes) -> KeySlot:
-        d = json.loads(raw)
-        k = d["kdf"]
-        if k["name"] != "argon2id" or d["kind"] not in SLOT_KINDS:
-            raise ValueError("unknown slot kind or KDF")
-        params = KdfParams(_unb64(k["salt"]), int(k["iterations"]), int(k["memory_kib"]), int(k["lanes"]))
-        return cls(slot_id, d["kind"], params, _unb64(d["wrapped"]))
+        """Parse a slot object; SlotFormatError for anything malformed (never another exception)."""
+        try:
+            d = _obj(raw)
+            k = d["kdf"]
+            if not isinstance(k, dict) or k.get("name") != "argon2id" or d.get("kind") not in SLOT_KINDS:
+                raise ValueError("unknown slot kind or KDF")
+            params = KdfParams(_unb64(_str(k["salt"])), _int(k["iterations"]), _int(k["memory_kib"]),
+                               _int(k["lanes"]))
+            commitment = _unb64(_str(d["commit"]))
+            if len(commitment) != crypto.COMMIT_LEN:
+                raise ValueError("key commitment is not 32 bytes")
+            return cls(slot_id, d["kind"], params, _unb64(_str(d["wrapped"])), commitment)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise SlotFormatError(f"key slot {slot_id.hex()} is malformed ({exc})") from None
+
+    def describe(self) -> dict:
+        """What `key list` shows: no secret, nothing the store does not already show."""
+        return {"id": self.slot_id.hex(), "kind": self.kind, "kdf": "argon2id", "iterations": self.params.iterations,
+                "memory_kib": self.params.memory_kib, "lanes": self.params.lanes}
 
 
 class Vault:
@@ -197,14 +268,27 @@ class Vault:
         slot_id = crypto.random_bytes(8)
         kek = crypto.derive_kek(secret, params)
         wrapped = crypto.wrap_master(kek, self._master, self.vault_id, slot_id, kind, params)
-        self.store.put(SLOT_PREFIX + slot_id.hex(), KeySlot(slot_id, kind, params, wrapped).to_bytes(),
-                       if_none_match=True)
+        slot = KeySlot(slot_id, kind, params, wrapped, crypto.key_commitment(kek))
+        self.store.put(SLOT_PREFIX + slot_id.hex(), slot.to_bytes(), if_none_match=True)
         return slot_id
 
-    def remove_slot(self, slot_id: bytes) -> None:
-        remaining = [s for s in list_slots(self.store) if s.slot_id != slot_id]
-        if not remaining:
+    def remove_slot(self, slot_id: bytes, *, replacing_opened: bool = False) -> None:
+        """Delete one slot object; no data and no other slot changes.
+
+        Refuses the last slot, and the slot this vault was unlocked with: that
+        it opened proves nothing about the others, so the caller must unlock
+        with another slot first (which proves that one works). ``passwd`` sets
+        ``replacing_opened``: it has just stored the slot that replaces it.
+        """
+        slots = list_slots(self.store)
+        if slot_id not in {s.slot_id for s in slots}:
+            raise VaultError(f"no key slot {slot_id.hex()} in this vault")
+        if len(slots) == 1:
             raise VaultError("refusing to remove the last key slot: the vault would be lost")
+        if (not replacing_opened and self.opened_slot is not None and self.opened_slot.slot_id == slot_id):
+            raise VaultError(f"refusing to remove key slot {slot_id.hex()}: it is the one you unlocked with; "
+                             "unlock with another slot's secret (another passphrase, the recovery key or "
+                             "--key-file) to show that one still opens the vault, then remove this one")
         self.store.delete(SLOT_PREFIX + slot_id.hex())
 
     def lock(self) -> None:
@@ -218,7 +302,7 @@ def list_slots(store: ObjectStore) -> list[KeySlot]:
     for key in sorted(store.list(SLOT_PREFIX)):
         try:
             slots.append(KeySlot.parse(bytes.fromhex(key[len(SLOT_PREFIX):]), store.get(key)))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, SlotFormatError) as exc:
             log.warning("ignoring unreadable key slot %s: %s", key, exc)
         except StoreNotFoundError:
             continue
@@ -285,7 +369,8 @@ def open_vault(store: ObjectStore, *, passphrase: str | None = None, key_file_se
             floor_refused = True
             log.warning("key slot %s refused: %s", slot.slot_id.hex(), exc)
             continue
-        master = crypto.unwrap_master(kek, slot.wrapped, config.vault_id, slot.slot_id, slot.kind, slot.params)
+        master = crypto.unwrap_master(kek, slot.wrapped, config.vault_id, slot.slot_id, slot.kind, slot.params,
+                                      slot.commitment)
         if master is None:
             continue
         config_key = crypto.subkey(master, config.vault_id, crypto.LABEL_CONFIG)

@@ -311,8 +311,9 @@ def test_stored_journal_blob_opens_and_rejects_tampering():
     seq, sealed, payload = v["seq"], bytes.fromhex(v["sealed"]), bytes.fromhex(v["payload"])
     key, aad = crypto.journal_key(META_KEY, seq), crypto.journal_aad(VID, seq)
     assert crypto.open_blob(key, aad, sealed, "vector") == payload
-    assert len(sealed) == 12 + 16 + crypto.padme(len(sealed) - 28)
-    for pos in (0, 11, 12, len(sealed) // 2, len(sealed) - 1):
+    assert len(sealed) == 12 + 32 + 16 + crypto.padme(len(sealed) - 60)
+    assert sealed[12:44] == crypto.key_commitment(key)
+    for pos in (0, 11, 12, 43, 44, len(sealed) // 2, len(sealed) - 1):
         with pytest.raises(IntegrityError):
             crypto.open_blob(key, aad, flip(sealed, pos), "vector")
     with pytest.raises(IntegrityError):  # replayed under another sequence number
@@ -339,6 +340,7 @@ KEK = bytes.fromhex(SLOT["kek"])
 MASTER = bytes.fromhex(SLOT["master"])
 SLOT_ID = bytes.fromhex(SLOT["slot_id"])
 WRAPPED = bytes.fromhex(SLOT["wrapped"])
+COMMIT = bytes.fromhex(SLOT["commitment"])
 
 
 def test_derive_kek_vector():
@@ -355,19 +357,20 @@ def test_derive_kek_refuses_params_below_floor():
 
 def test_stored_wrapped_master_unwraps():
     assert len(WRAPPED) == 12 + 32 + 16
-    got = crypto.unwrap_master(KEK, WRAPPED, VID, SLOT_ID, SLOT["kind"], PARAMS)
+    got = crypto.unwrap_master(KEK, WRAPPED, VID, SLOT_ID, SLOT["kind"], PARAMS, COMMIT)
     assert got == MASTER
 
 
 def test_every_bit_flip_of_wrapped_master_fails():
     for pos in range(len(WRAPPED)):
         for bit in range(8):
-            assert crypto.unwrap_master(KEK, flip(WRAPPED, pos, bit), VID, SLOT_ID, SLOT["kind"], PARAMS) is None
+            flipped = flip(WRAPPED, pos, bit)
+            assert crypto.unwrap_master(KEK, flipped, VID, SLOT_ID, SLOT["kind"], PARAMS, COMMIT) is None
 
 
 def test_truncated_or_extended_wrapped_master_fails():
-    assert crypto.unwrap_master(KEK, WRAPPED[:-1], VID, SLOT_ID, SLOT["kind"], PARAMS) is None
-    assert crypto.unwrap_master(KEK, WRAPPED + b"\0", VID, SLOT_ID, SLOT["kind"], PARAMS) is None
+    assert crypto.unwrap_master(KEK, WRAPPED[:-1], VID, SLOT_ID, SLOT["kind"], PARAMS, COMMIT) is None
+    assert crypto.unwrap_master(KEK, WRAPPED + b"\0", VID, SLOT_ID, SLOT["kind"], PARAMS, COMMIT) is None
 
 
 @pytest.mark.parametrize("change", ["kek", "vault_id", "slot_id", "kind", "salt", "iterations", "memory_kib",
@@ -381,8 +384,9 @@ def test_changed_aad_element_fails_unwrap(change):
     else:
         p[change] = flip(p[change], 0) if change == "salt" else p[change] + 1
     params = KdfParams(p["salt"], p["iterations"], p["memory_kib"], p["lanes"])
+    commit = crypto.key_commitment(args["kek"])  # a consistent commitment: the AAD alone must refuse
     assert crypto.unwrap_master(args["kek"], WRAPPED, args["vault_id"], args["slot_id"], args["kind"],
-                                params) is None
+                                params, commit) is None
 
 
 def test_wrap_uses_fresh_nonce_and_roundtrips():
@@ -390,4 +394,188 @@ def test_wrap_uses_fresh_nonce_and_roundtrips():
     b = crypto.wrap_master(KEK, MASTER, VID, SLOT_ID, "passphrase", PARAMS)
     assert a != b and a[:12] != b[:12]
     for w in (a, b):
-        assert crypto.unwrap_master(KEK, w, VID, SLOT_ID, "passphrase", PARAMS) == MASTER
+        assert crypto.unwrap_master(KEK, w, VID, SLOT_ID, "passphrase", PARAMS, COMMIT) == MASTER
+
+
+# ------------------------------------------------------------------ key commitment
+
+
+@pytest.mark.parametrize("case", KDF["key_commitment"], ids=lambda c: c["key"][:8])
+def test_key_commitment_vectors(case):
+    key = bytes.fromhex(case["key"])
+    out = crypto.key_commitment(key)
+    assert out.hex() == case["out"] and len(out) == crypto.COMMIT_LEN
+    # As documented: HKDF-SHA256(key, empty salt, "encfs-photo/v1 key-commitment").
+    assert out == rfc5869(key, b"", b"encfs-photo/v1 key-commitment", 32)
+    assert crypto.commitment_ok(key, out)
+    assert not crypto.commitment_ok(flip(key, 0), out)
+    assert not crypto.commitment_ok(key, flip(out, 31)) and not crypto.commitment_ok(key, out[:31])
+
+
+def test_key_commitments_are_distinct_and_unlike_subkeys():
+    outs = [c["out"] for c in KDF["key_commitment"]]
+    assert len(set(outs)) == len(outs)
+    assert not set(outs) & {c["out"] for c in KDF["subkey"]}
+
+
+def test_journal_vector_blob_commits_to_the_vector_journal_key():
+    key7 = crypto.journal_key(META_KEY, 7)
+    assert {"key": key7.hex(), "out": crypto.key_commitment(key7).hex()} in KDF["key_commitment"]
+
+
+def test_keyslot_vector_commitment():
+    assert COMMIT == crypto.key_commitment(KEK)
+
+
+def _gcm_multi_key_ciphertext(k1: bytes, k2: bytes, nonce: bytes, aad: bytes) -> bytes:
+    """One AES-GCM ciphertext whose tag verifies under both keys (the partitioning-oracle construction).
+
+    GHASH is linear over GF(2^128): pick a 2-block ciphertext, then solve for
+    its last block so the tags under k1 and k2 coincide (Len, Grubbs,
+    Ristenpart 2021, "Partitioning Oracle Attacks").
+    """
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    def ecb(k: bytes, block: bytes) -> bytes:
+        e = Cipher(algorithms.AES(k), modes.ECB()).encryptor()
+        return e.update(block) + e.finalize()
+
+    def gmul(x: int, y: int) -> int:
+        r, z, v = 0xE1 << 120, 0, x
+        for i in range(127, -1, -1):
+            if (y >> i) & 1:
+                z ^= v
+            v = (v >> 1) ^ r if v & 1 else v >> 1
+        return z
+
+    def ginv(x: int) -> int:  # x^(2^128 - 2)
+        result, base, e = 1 << 127, x, (1 << 128) - 2
+        while e:
+            if e & 1:
+                result = gmul(result, base)
+            base = gmul(base, base)
+            e >>= 1
+        return result
+
+    assert len(aad) == 0 and len(nonce) == 12
+    h1, h2 = (int.from_bytes(ecb(k, bytes(16)), "big") for k in (k1, k2))
+    j0 = nonce + b"\x00\x00\x00\x01"
+    s1, s2 = (int.from_bytes(ecb(k, j0), "big") for k in (k1, k2))
+    c1 = int.from_bytes(b"\x42" * 16, "big")
+    length = 32 * 8  # 2 blocks of ciphertext, no AAD
+
+    # tag_k = C1*H^3 + C2*H^2 + L*H + S  (in GF(2^128), + is xor); equate for k1 and k2 and solve for C2.
+    def part(h: int, s: int) -> int:
+        return gmul(c1, gmul(gmul(h, h), h)) ^ gmul(length, h) ^ s
+    h1sq, h2sq = gmul(h1, h1), gmul(h2, h2)
+    c2 = gmul(part(h1, s1) ^ part(h2, s2), ginv(h1sq ^ h2sq))
+    tag = gmul(c1, gmul(h1sq, h1)) ^ gmul(c2, h1sq) ^ gmul(length, h1) ^ s1
+    return c1.to_bytes(16, "big") + c2.to_bytes(16, "big") + tag.to_bytes(16, "big")
+
+
+def test_gcm_alone_is_not_key_committing_but_the_commitment_is():
+    """The attack the commitment stops: one wrapped key that AES-GCM accepts under two KEKs."""
+    k1, k2, nonce = bytes(range(32)), bytes(range(1, 33)), bytes(12)
+    ct = _gcm_multi_key_ciphertext(k1, k2, nonce, b"")
+    # Both keys accept it: plain AES-GCM would let one slot test two passphrases at once.
+    assert AESGCM(k1).decrypt(nonce, ct, b"") != AESGCM(k2).decrypt(nonce, ct, b"")
+    # With the commitment, at most one key gets as far as AES-GCM.
+    stored = crypto.key_commitment(k1)
+    assert crypto.commitment_ok(k1, stored) and not crypto.commitment_ok(k2, stored)
+
+
+def test_unwrap_checks_the_commitment_before_decrypting(monkeypatch):
+    calls = []
+    real = AESGCM.decrypt
+
+    def spy(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(AESGCM, "decrypt", spy)
+    wrong_kek = flip(KEK, 0)
+    assert crypto.unwrap_master(wrong_kek, WRAPPED, VID, SLOT_ID, SLOT["kind"], PARAMS, COMMIT) is None
+    assert calls == []  # refused on the commitment alone
+    # A correct KEK with a wrong stored commitment is refused too.
+    assert crypto.unwrap_master(KEK, WRAPPED, VID, SLOT_ID, SLOT["kind"], PARAMS, flip(COMMIT, 5)) is None
+    assert calls == []
+    assert crypto.unwrap_master(KEK, WRAPPED, VID, SLOT_ID, SLOT["kind"], PARAMS, COMMIT) == MASTER
+    assert calls == [1]
+
+
+def test_open_blob_refuses_a_swapped_commitment_before_decrypting(monkeypatch):
+    key, other = crypto.journal_key(META_KEY, 3), crypto.journal_key(META_KEY, 4)
+    aad = crypto.journal_aad(VID, 3)
+    sealed = crypto.seal_blob(key, aad, b"payload")
+    # An attacker who makes a blob "for" another key must also produce that key's commitment.
+    forged = sealed[:12] + crypto.key_commitment(other) + sealed[44:]
+    with pytest.raises(IntegrityError, match="commitment"):
+        crypto.open_blob(key, aad, forged, "x")
+    with pytest.raises(IntegrityError, match="commitment"):
+        crypto.open_blob(other, aad, sealed, "x")
+
+
+def test_open_blob_refuses_a_length_field_past_the_end():
+    key, aad = crypto.journal_key(META_KEY, 3), crypto.journal_aad(VID, 3)
+    framed = struct.pack(">I", 10**6) + b"x" * 12
+    nonce = bytes(12)
+    blob = nonce + crypto.key_commitment(key) + AESGCM(key).encrypt(nonce, framed, aad)
+    with pytest.raises(IntegrityError, match="length"):
+        crypto.open_blob(key, aad, blob, "x")
+
+
+# ------------------------------------------------------------------ Argon2id calibration
+
+
+class FakeArgon:
+    """A clock and a derive function: each derive 'takes' seconds_per_pass_mib * t * m/MiB."""
+
+    def __init__(self, seconds_per_pass_per_mib: float) -> None:
+        self.now = 0.0
+        self.rate = seconds_per_pass_per_mib
+        self.runs: list[KdfParams] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def derive(self, secret: bytes, params: KdfParams) -> bytes:
+        params.check_floor()
+        self.runs.append(params)
+        self.now += self.rate * params.iterations * params.memory_kib / 1024
+        return bytes(32)
+
+
+def test_calibration_fixes_memory_then_raises_time():
+    fake = FakeArgon(0.5 / 256)  # one pass over 256 MiB takes 0.5 s: t=2 fills 1 s
+    p = crypto.calibrate_kdf(1.0, 8 * 1024 * 1024, fake.clock, fake.derive)
+    assert (p.memory_kib, p.iterations, p.lanes) == (256 * 1024, 2, 4)
+    fake = FakeArgon(0.1 / 256)  # a fast machine: 0.1 s per pass -> t=10
+    p = crypto.calibrate_kdf(1.0, 8 * 1024 * 1024, fake.clock, fake.derive)
+    assert (p.memory_kib, p.iterations) == (256 * 1024, 10)
+    assert len(fake.runs) == 1 and fake.runs[0].salt != p.salt and len(p.salt) == 16
+
+
+def test_calibration_never_exceeds_the_ceiling():
+    fake = FakeArgon(1e-6)
+    p = crypto.calibrate_kdf(1.0, 8 * 1024 * 1024, fake.clock, fake.derive)
+    assert p.iterations == KdfParams.CEILING_ITERATIONS
+    p.check_floor()
+
+
+def test_calibration_uses_a_quarter_of_available_memory_on_a_small_machine():
+    fake = FakeArgon(0.01 / 256)
+    p = crypto.calibrate_kdf(1.0, 400 * 1024, fake.clock, fake.derive)  # 400 MiB available
+    assert p.memory_kib == 100 * 1024 and p.iterations > 2
+    p = crypto.calibrate_kdf(1.0, 10 * 1024, fake.clock, fake.derive)  # almost nothing: still the floor
+    assert p.memory_kib == KdfParams.FLOOR_MEMORY_KIB
+
+
+def test_calibration_on_a_slow_machine_halves_memory_but_never_goes_below_the_floor():
+    fake = FakeArgon(2.0 / 256)  # t=2 at 256 MiB takes 4 s: m halves to 64 MiB (1 s)
+    p = crypto.calibrate_kdf(1.0, 8 * 1024 * 1024, fake.clock, fake.derive)
+    assert (p.memory_kib, p.iterations) == (64 * 1024, 2)
+    assert [r.memory_kib for r in fake.runs] == [256 * 1024, 128 * 1024, 64 * 1024]
+    fake = FakeArgon(1000.0)  # hopeless: floor parameters, not less
+    p = crypto.calibrate_kdf(1.0, 8 * 1024 * 1024, fake.clock, fake.derive)
+    assert (p.memory_kib, p.iterations) == (KdfParams.FLOOR_MEMORY_KIB, KdfParams.FLOOR_ITERATIONS)
+    p.check_floor()

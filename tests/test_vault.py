@@ -224,13 +224,13 @@ def test_slot_with_kdf_lowered_below_floor_refused(created, field, value):
           "lanes": slot.params.lanes}
     kw[field] = value
     weak = KdfParams(**kw)
+    wrapped, commitment = slot.wrapped, slot.commitment
     if weak.lanes >= 1 and weak.memory_kib >= 8 * weak.lanes:
         kek = Argon2id(salt=weak.salt, length=32, iterations=weak.iterations, lanes=weak.lanes,
                        memory_cost=weak.memory_kib).derive(vault.normalize_passphrase(PW))
         wrapped = crypto.wrap_master(kek, v._master, v.vault_id, slot.slot_id, slot.kind, weak)
-    else:
-        wrapped = slot.wrapped
-    store.put(key, vault.KeySlot(slot.slot_id, slot.kind, weak, wrapped).to_bytes())
+        commitment = crypto.key_commitment(kek)
+    store.put(key, vault.KeySlot(slot.slot_id, slot.kind, weak, wrapped, commitment).to_bytes())
     with pytest.raises(WrongPassphraseError):
         vault.open_vault(store, passphrase=PW)
 
@@ -321,3 +321,103 @@ def test_recovery_key_format():
         assert vault.normalize_recovery_key(rec) is not None
         assert len(vault.normalize_recovery_key(rec)) == 32
     assert vault.normalize_recovery_key("too short") is None
+
+
+# ------------------------------------------------------------------ key commitment, slot removal
+
+
+def test_slot_object_carries_the_kek_commitment(created):
+    store, _, _ = created
+    key = _slot_key(store, vault.SLOT_PASSPHRASE)
+    d = json.loads(store.get(key))
+    slot = vault.KeySlot.parse(bytes.fromhex(key[len(vault.SLOT_PREFIX):]), store.get(key))
+    kek = crypto.derive_kek(vault.normalize_passphrase(PW), slot.params)
+    assert crypto.key_commitment(kek) == slot.commitment and len(slot.commitment) == 32
+    assert d["commit"] and "commit" in json.loads(slot.to_bytes())
+
+
+@pytest.mark.parametrize("mutation", ["flipped", "missing", "short"])
+def test_slot_with_bad_commitment_does_not_open(created, mutation):
+    store, _, rec = created
+    key = _slot_key(store, vault.SLOT_PASSPHRASE)
+    d = json.loads(store.get(key))
+    if mutation == "missing":
+        del d["commit"]
+    else:
+        raw = bytearray(vault._unb64(d["commit"]))
+        raw[0] ^= 1
+        d["commit"] = vault._b64(bytes(raw[:31] if mutation == "short" else raw))
+    store.put(key, json.dumps(d).encode())
+    with pytest.raises(WrongPassphraseError):
+        vault.open_vault(store, passphrase=PW)
+    assert vault.open_vault(store, passphrase=rec)  # the other slot is untouched
+
+
+def test_format_1_vault_is_refused_with_a_clear_message(created):
+    store, _, _ = created
+    d = config_dict(store)
+    assert d["format"] == 2
+    d["format"] = 1
+    put_config(store, d)
+    with pytest.raises(VaultError, match="format 1"):
+        vault.open_vault(store, passphrase=PW)
+
+
+def test_removed_slot_no_longer_opens(created):
+    store, _, rec = created
+    v = vault.open_vault(store, passphrase=rec)  # unlocked with the recovery slot
+    pw_slot = next(s for s in vault.list_slots(store) if s.kind == vault.SLOT_PASSPHRASE)
+    v.remove_slot(pw_slot.slot_id)
+    with pytest.raises(WrongPassphraseError):
+        vault.open_vault(store, passphrase=PW)
+    assert vault.open_vault(store, passphrase=rec).vault_id == v.vault_id
+
+
+def test_refuses_to_remove_the_slot_it_was_unlocked_with(created):
+    store, _, rec = created
+    v = vault.open_vault(store, passphrase=PW)
+    opened = v.opened_slot
+    with pytest.raises(VaultError, match="unlocked with"):
+        v.remove_slot(opened.slot_id)
+    assert vault.open_vault(store, passphrase=PW)
+    # Unlocked through another slot, the same removal is allowed.
+    vault.open_vault(store, passphrase=rec).remove_slot(opened.slot_id)
+    with pytest.raises(WrongPassphraseError):
+        vault.open_vault(store, passphrase=PW)
+
+
+def test_refuses_to_remove_the_last_slot_and_unknown_slots(store):
+    v, _ = vault.create(store, PW, with_recovery=False)
+    only = vault.list_slots(store)[0]
+    with pytest.raises(VaultError, match="last key slot"):
+        v.remove_slot(only.slot_id, replacing_opened=True)
+    with pytest.raises(VaultError, match="no key slot"):
+        v.remove_slot(bytes(8))
+    assert vault.open_vault(store, passphrase=PW)
+
+
+def test_rewrapping_touches_only_slot_objects(created):
+    store, v, _ = created
+    before = {k: store.get(k) for k in store.list("") if not k.startswith(vault.SLOT_PREFIX)}
+    new = v.add_slot(vault.SLOT_PASSPHRASE, vault.normalize_passphrase("another"))
+    old = next(s.slot_id for s in vault.list_slots(store) if s.kind == vault.SLOT_PASSPHRASE and s.slot_id != new)
+    vault.open_vault(store, passphrase="another").remove_slot(old)
+    after = {k: store.get(k) for k in store.list("") if not k.startswith(vault.SLOT_PREFIX)}
+    assert before == after and new in {s.slot_id for s in vault.list_slots(store)}
+
+
+def test_default_kdf_params_are_calibrated_once_and_fast_path_kept(monkeypatch):
+    calls = []
+
+    def fake(target, mem, clock, derive=None):
+        calls.append((target, mem))
+        return KdfParams(b"\0" * 16, 5, 256 * 1024, 4)
+
+    monkeypatch.setattr(crypto, "calibrate_kdf", fake)
+    monkeypatch.setattr(vault, "_calibrated", None)
+    assert vault.default_kdf_params().iterations == KdfParams.FLOOR_ITERATIONS  # FAST_KDF=1: no calibration
+    assert calls == []
+    monkeypatch.setenv("ENCFS_PHOTO_FAST_KDF", "0")
+    a, b = vault.default_kdf_params(), vault.default_kdf_params()
+    assert (a.iterations, a.memory_kib) == (5, 256 * 1024) and len(calls) == 1 and calls[0][0] == 1.0
+    assert a.salt != b.salt and len(a.salt) == 16  # each slot gets its own salt

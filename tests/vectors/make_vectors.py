@@ -66,6 +66,11 @@ def kdf_vectors() -> dict:
         "chunk_key": {"content_key": content_key.hex(), "object_id": OBJECT_ID.hex(),
                       "out": crypto.chunk_key(content_key, OBJECT_ID).hex()},
         "mac": {"key": MASTER.hex(), "data": b"config body".hex(), "out": crypto.mac(MASTER, b"config body").hex()},
+        # key_commitment(key) = HKDF(key, "", "key-commitment"); the journal key of seq 7 is the one
+        # journal.json's blob is sealed under.
+        "key_commitment": [{"key": k.hex(), "out": crypto.key_commitment(k).hex()} for k in (
+            MASTER, bytes(32), b"\xff" * 32,
+            crypto.journal_key(crypto.subkey(MASTER, VAULT_ID, crypto.LABEL_META), 7))],
     }
 
 
@@ -108,6 +113,7 @@ def keyslot_vectors() -> dict:
     kek = crypto.derive_kek(secret, params)
     wrapped = crypto.wrap_master(kek, MASTER, VAULT_ID, SLOT_ID, "passphrase", params)
     return {
+        "commitment": crypto.key_commitment(kek).hex(),
         "secret": secret.hex(),
         "kdf": {"salt": KDF_SALT.hex(), "iterations": params.iterations, "memory_kib": params.memory_kib,
                 "lanes": params.lanes},
