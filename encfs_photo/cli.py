@@ -133,16 +133,47 @@ def cmd_init(args: argparse.Namespace) -> int:
     passphrase = ""
     if key is None or args.password_file or os.environ.get("ENCFS_PHOTO_PASSWORD_FILE"):
         passphrase = read_passphrase(args, confirm=True, prompt="New passphrase: ")
+    _check_new_file(args.recovery_qr, "--recovery-qr")
     _, recovery = vault_mod.create(store, passphrase, key_file_secret=key, with_recovery=not args.no_recovery_key)
     print(f"created vault in {store.describe()}")
     if recovery:
-        print()
-        print("Recovery key (shown only this once; write it down or print it, keep it apart from the computer):")
-        print()
-        print(f"    {recovery}")
-        print()
-        print("It opens the vault if you forget the passphrase: give it where the passphrase is asked.")
+        _show_recovery_key(recovery, args.recovery_qr)
     return EXIT_OK
+
+
+def _check_new_file(path: str | None, option: str) -> None:
+    """Before anything is created: a QR file must be new (it is never overwritten) in an existing folder."""
+    if path is None:
+        return
+    if os.path.lexists(path):
+        raise UserError(f"{option} {path} already exists; give a new file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"{option} {path}: folder {folder} does not exist")
+
+
+def _show_recovery_key(recovery: str, qr_file: str | None) -> None:
+    """Print a new recovery key once, as text and (on a terminal) as a QR code; optionally as an SVG file."""
+    from . import qr
+
+    print()
+    print("Recovery key (shown only this once; write it down or print it, keep it apart from the computer):")
+    print()
+    print(f"    {recovery}")
+    print()
+    if sys.stdout.isatty():
+        print("The same key as a QR code, to photograph or print for a paper backup:")
+        print()
+        print(qr.terminal(recovery), end="")
+        print()
+    if qr_file:
+        try:
+            qr.write_svg(recovery, qr_file)
+        except OSError as exc:
+            print(f"encfs-photo: could not write the QR code to {qr_file}: {exc.strerror}", file=sys.stderr)
+        else:
+            print(f"QR code written to {qr_file} (mode 600): print it, then delete the file.")
+    print("It opens the vault if you forget the passphrase: give it where the passphrase is asked.")
 
 
 def _check_mountpoint(mnt: str) -> str:
@@ -516,6 +547,64 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_key_list(args: argparse.Namespace) -> int:
+    from . import vault as vault_mod
+
+    store = _store(args.store, endpoint_url=args.endpoint_url)
+    vault_mod.read_config(store)  # "not a vault" rather than an empty list
+    rows = [s.describe() for s in vault_mod.list_slots(store)]  # public parameters only: no unlock needed
+    if args.json:
+        print(json.dumps({"slots": rows}, indent=1))
+        return EXIT_OK
+    print(f"{'ID':<16}  {'KIND':<10}  KDF")
+    for r in rows:
+        print(f"{r['id']:<16}  {r['kind']:<10}  argon2id t={r['iterations']} m={r['memory_kib'] // 1024} MiB "
+              f"p={r['lanes']}")
+    return EXIT_OK
+
+
+def cmd_key_add(args: argparse.Namespace) -> int:
+    from . import vault as vault_mod
+
+    if args.kind == "keyfile" and not args.new_key_file:
+        raise UserError("key add keyfile needs --new-key-file FILE (created with mode 600 if missing)")
+    _check_new_file(args.recovery_qr, "--recovery-qr")
+    store = _store(args.store, endpoint_url=args.endpoint_url)
+    vault = _unlock(args, store)
+    if args.kind == "passphrase":
+        if args.new_password_file:
+            new = _read_secret_file(args.new_password_file)
+        else:
+            new = read_passphrase(argparse.Namespace(password_file=None), confirm=True, prompt="New passphrase: ")
+        slot_id = vault.add_slot(vault_mod.SLOT_PASSPHRASE, vault_mod.normalize_passphrase(new))
+    elif args.kind == "recovery":
+        recovery = vault_mod.new_recovery_key()
+        norm = vault_mod.normalize_recovery_key(recovery)
+        assert norm is not None
+        slot_id = vault.add_slot(vault_mod.SLOT_RECOVERY, norm)
+        _show_recovery_key(recovery, args.recovery_qr)
+    else:
+        slot_id = vault.add_slot(vault_mod.SLOT_KEYFILE, read_key_file(args.new_key_file, create=True))
+    print(f"added key slot {slot_id.hex()} ({args.kind}); no data was re-encrypted")
+    return EXIT_OK
+
+
+def cmd_key_remove(args: argparse.Namespace) -> int:
+    from . import vault as vault_mod
+
+    store = _store(args.store, endpoint_url=args.endpoint_url)
+    vault_mod.read_config(store)
+    wanted = args.slot_id.lower()
+    matches = [s for s in vault_mod.list_slots(store) if s.slot_id.hex().startswith(wanted)]
+    if not wanted or len(matches) != 1:
+        what = "matches no key slot" if not matches else "matches several key slots"
+        raise UserError(f"{args.slot_id!r} {what}; see: encfs-photo key list {args.store}")
+    vault = _unlock(args, store)
+    vault.remove_slot(matches[0].slot_id)
+    print(f"removed key slot {matches[0].slot_id.hex()} ({matches[0].kind}): its secret no longer opens the vault")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parsing
 
 
@@ -535,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store", metavar="STORE", help="a folder, or s3://BUCKET[/PREFIX]")
     secrets(sp)
     sp.add_argument("--no-recovery-key", action="store_true", help="do not create a recovery key slot")
+    sp.add_argument("--recovery-qr", metavar="FILE", help="also write the recovery key as a QR code to FILE "
+                    "(SVG, mode 600, must not exist) for a paper backup")
     sp.set_defaults(func=cmd_init)
 
     sp = sub.add_parser("mount", help="unlock and mount; detaches unless --foreground")
@@ -599,6 +690,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--add-key-file", metavar="FILE", help="instead: let key file FILE open the vault too "
                     "(created with mode 600 if missing), e.g. for a NAS")
     sp.set_defaults(func=cmd_passwd)
+
+    kp = sub.add_parser("key", help="list, add and remove key slots (passphrases, recovery keys, key files)")
+    ksub = kp.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    sp = ksub.add_parser("list", help="list key slots: id, kind, KDF parameters (no unlock needed)")
+    sp.add_argument("store", metavar="STORE")
+    sp.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint for s3:// stores")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_key_list)
+    sp = ksub.add_parser("add", help="add a slot (unlock with an existing secret first)")
+    sp.add_argument("store", metavar="STORE")
+    sp.add_argument("kind", choices=["passphrase", "recovery", "keyfile"])
+    secrets(sp)
+    sp.add_argument("--new-password-file", metavar="FILE", help="passphrase: read the new passphrase from FILE")
+    sp.add_argument("--new-key-file", metavar="FILE", help="keyfile: the key file (created with mode 600 if "
+                    "missing)")
+    sp.add_argument("--recovery-qr", metavar="FILE", help="recovery: also write the key as a QR code to FILE (SVG)")
+    sp.set_defaults(func=cmd_key_add)
+    sp = ksub.add_parser("remove", help="remove a slot by id (not the last one, not the one you unlock with)")
+    sp.add_argument("store", metavar="STORE")
+    sp.add_argument("slot_id", metavar="SLOT_ID", help="the id from `key list` (a unique prefix is enough)")
+    secrets(sp)
+    sp.set_defaults(func=cmd_key_remove)
     return p
 
 

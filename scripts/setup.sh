@@ -8,7 +8,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 pkgs=(fuse3)
-[ $want_test = 1 ] && pkgs+=(rsync sqlite3 libimage-exiftool-perl attr tar samba smbclient procps)
+[ $want_test = 1 ] && pkgs+=(rsync sqlite3 libimage-exiftool-perl attr tar samba smbclient procps libzbar0)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
