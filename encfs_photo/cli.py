@@ -611,7 +611,8 @@ def cmd_key_remove(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="encfs-photo", description="Zero-knowledge encrypted drive for photographers.")
     p.add_argument("--version", action="version", version=f"encfs-photo {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug, still "
+                   "without names or secrets; -vvv adds the FUSE call trace, which shows file names)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def secrets(sp: argparse.ArgumentParser) -> None:
@@ -745,8 +746,11 @@ def _setup_logging(verbose: int, foreground: bool) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s encfs-photo %(levelname)s %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    # mfusepy logs call arguments (paths) at debug level; keep it quiet unless asked.
-    logging.getLogger("mfusepy").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    # mfusepy logs call arguments (paths: file names) at debug level, under the logger "fuse";
+    # only -vvv shows them (tests/test_log_secrets.py holds -vv to "no names, no secrets").
+    for name in ("fuse", "mfusepy"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    log.debug("debug logging on (no names or secrets; -vvv adds the FUSE call trace, which has names)")
 
 
 def main(argv: list[str] | None = None) -> int:
