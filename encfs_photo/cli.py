@@ -215,24 +215,30 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     mnt = _check_mountpoint(args.mountpoint)
     cache_size = _cache_size(args)
-    store = _store(args.store, endpoint_url=args.endpoint_url)
-    vault = _unlock(args, store)
-    cache = _cache(args, store, vault, cache_size)
-    if cache is not None:
-        vault.store = cache  # fs, meta and content see the cache; the cache uploads to the bucket
+    store, cache, offline = _store_or_offline_cache(args, cache_size)
     try:
-        fs = FileSystem(vault, read_only=args.read_only, state_dir=args.state_dir or default_state_dir(),
+        vault = _unlock(args, cache if offline else store)
+        if cache is None:
+            cache = _cache(args, store, vault, cache_size)
+            if cache is not None:
+                cache.copy_for_offline()  # the next mount may find the bucket unreachable
+        else:
+            cache.check_owner(_cache_owner(vault))
+        if cache is not None:
+            vault.store = cache  # fs, meta and content see the cache; the cache uploads to the bucket
+        lease, read_only = _take_lease(args, store, cache, vault, offline)
+        fs = FileSystem(vault, read_only=read_only, state_dir=args.state_dir or default_state_dir(),
                         accept_rollback=args.accept_rollback)
     except BaseException:
         if cache is not None:
             cache.close(wait=False)
         raise
-    options = {"allow_other": args.allow_other, "read_only": args.read_only,
+    options = {"allow_other": args.allow_other, "read_only": read_only, "lease": lease,
                "extra_options": _fuse_options(args), "debug": args.debug, "auto_gc": not args.no_auto_gc}
     if args.foreground:
         def banner() -> None:  # once the kernel has the mount
-            print(f"mounted {store.describe()} on {mnt}; Ctrl-C or `encfs-photo unmount {mnt}` locks it",
-                  file=sys.stderr, flush=True)
+            print(f"mounted {store.describe()} on {mnt}{' read-only' if read_only else ''}; "
+                  f"Ctrl-C or `encfs-photo unmount {mnt}` locks it", file=sys.stderr, flush=True)
 
         daemon.serve(fs, store.describe(), mnt, on_ready=banner, **options)
         return EXIT_OK
@@ -270,12 +276,63 @@ def _cache(args: argparse.Namespace, store, vault, size: int | None):
         if args.cache_dir or args.cache_size:
             log.warning("--cache-dir and --cache-size are for s3:// stores; a folder store is used directly")
         return None
-    import hashlib
-
     from .store.writeback import DEFAULT_CACHE_SIZE, WriteBackStore
 
-    owner = hashlib.sha256(b"encfs-photo cache owner\0" + vault.vault_id).hexdigest()[:32]
-    return WriteBackStore(store, _cache_dir(args, store), size or DEFAULT_CACHE_SIZE, owner=owner, start=False)
+    return WriteBackStore(store, _cache_dir(args, store), size or DEFAULT_CACHE_SIZE, owner=_cache_owner(vault),
+                          start=False)
+
+
+def _cache_owner(vault) -> str:
+    import hashlib
+
+    return hashlib.sha256(b"encfs-photo cache owner\0" + vault.vault_id).hexdigest()[:32]
+
+
+def _store_or_offline_cache(args: argparse.Namespace, size: int | None):
+    """(store, cache, offline): an unreachable s3:// endpoint gives the cache folder's offline copies."""
+    try:
+        return _store(args.store, endpoint_url=args.endpoint_url), None, False
+    except StoreError as exc:
+        if not args.store.startswith("s3://") or type(exc).__name__ != "S3UnreachableError":
+            raise
+        unreachable = exc
+    from .store.writeback import DEFAULT_CACHE_SIZE, WriteBackStore
+
+    store = open_store(args.store, endpoint_url=args.endpoint_url)
+    cache_dir = _cache_dir(args, store)
+    if not os.path.exists(os.path.join(cache_dir, "meta", "config")):
+        raise StoreError(f"{unreachable} (and {cache_dir} holds no copy of the vault for an offline mount)")
+    cache = WriteBackStore(store, cache_dir, size or DEFAULT_CACHE_SIZE, start=False)
+    cache.offline = True
+    print(f"encfs-photo: warning: {unreachable}; mounting offline from the copy in {cache_dir} "
+          "(what is not cached cannot be read until the store is back)", file=sys.stderr, flush=True)
+    return store, cache, True
+
+
+def _take_lease(args: argparse.Namespace, store, cache, vault, offline: bool):
+    """(lease, read_only): a writable mount holds the vault's lease; without it, read-only and one line why."""
+    from .lease import Lease
+
+    if args.read_only:
+        if cache is not None:
+            cache.hold_metadata("mounted read-only")
+        return None, True
+    record = os.path.join(cache.cache_dir, "lease") if cache is not None else None
+    lease = Lease(store, vault.meta_key, vault.vault_id, record_path=record)
+    unsure = offline
+    try:
+        writable = lease.offline() if offline else lease.acquire()
+    except StoreError as exc:  # the bucket answers reads but refuses the lease write (503, a flaky link)
+        log.warning("could not take the vault's lease: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        unsure = True
+        writable = lease.offline()
+    if not writable or unsure:
+        print(f"encfs-photo: warning: {lease.message}", file=sys.stderr, flush=True)
+    if cache is not None and not lease.held:
+        # Not holding the lease (yet): a queued journal batch must not take a
+        # sequence number the holder is about to use.
+        cache.hold_metadata(lease.message or "the lease is not held", until_released=writable)
+    return lease, not writable
 
 
 def _cache_dir(args: argparse.Namespace, store) -> str:
@@ -425,6 +482,9 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"journal batch: {row['journal_seq']}, read-only: {row['read_only']}")
         if row.get("last_error"):
             print(f"  last error: {row['last_error']}")
+        lease = row.get("lease") or {}
+        if lease.get("message"):
+            print(f"  lease: {lease['message']}")
         cache = row.get("cache")
         if cache:
             print(f"  uploads: {cache['pending_objects']} objects ({_human(cache['pending_bytes'])}) and "

@@ -19,6 +19,7 @@ from typing import Any
 from . import control, gc, mount
 from .errors import EncfsPhotoError
 from .fs import FileSystem
+from .lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,12 @@ def sd_notify(state: str) -> bool:
 
 
 def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None = None,
-          on_ready: Callable[[], None] | None = None, auto_gc: bool = True, **mount_options: Any) -> None:
+          on_ready: Callable[[], None] | None = None, auto_gc: bool = True, lease: Lease | None = None,
+          **mount_options: Any) -> None:
     control.register(mountpoint, store, log_file)
     cache = fs.vault.store if hasattr(fs.vault.store, "wait_uploaded") else None  # write-back cache (s3://)
+    if lease is not None:
+        _wire_lease(lease, fs, cache)
 
     # Resolved once, before mounting: a stat of the mount from ready() (the FUSE
     # init callback) would wait for that very callback, and `status` must
@@ -77,7 +81,7 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
 
     def status() -> dict[str, Any]:
         return {"ok": True, "mountpoint": real_mountpoint, "store": store, "pid": os.getpid(), **_fs_status(fs),
-                **_cache_status(cache)}
+                **_cache_status(cache), **({"lease": lease.status()} if lease is not None else {})}
 
     was_mounted = False
 
@@ -99,6 +103,8 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
         cache.start()  # in this process: a detached daemon is a fork
     if collector is not None:
         collector.start()  # a thread: started here, after any fork
+    if lease is not None:
+        lease.start()
     try:
         log.info("mounting %s", mountpoint)
         try:
@@ -116,10 +122,53 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
             collector.stop()
         if cache is not None:
             _drain(cache, wait=served)  # the control socket still answers `status` meanwhile
+        if lease is not None:
+            _end_lease(lease, cache)
         server.close()
         control.unregister(mountpoint)
         if was_mounted:
             log.info("unmounted %s after %.0f s; vault locked", mountpoint, time.monotonic() - started)
+
+
+def _wire_lease(lease: Lease, fs: FileSystem, cache: Any) -> None:
+    """What the renewal thread does when the lease comes back (offline mount) or is lost."""
+
+    def held() -> None:
+        if cache is not None:
+            cache.go_online()
+            cache.release_metadata()
+
+    def lost(msg: str) -> None:
+        if cache is not None:
+            # Make what is in memory durable in the cache first (its metadata
+            # uploads are held back), then stop every upload: nothing is lost,
+            # nothing reaches the bucket the other device now writes.
+            cache.hold_metadata(msg)
+            try:
+                fs.sync()
+            except Exception as exc:  # noqa: BLE001 - the read-only switch below must happen anyway
+                log.error("could not commit before turning read-only: %s", exc)
+            cache.declare_conflict(msg)
+        fs.read_only = True
+        fs.last_error = msg
+
+    lease.on_held = held
+    lease.on_lost = lost
+
+
+def _end_lease(lease: Lease, cache: Any) -> None:
+    """Release the lease only when nothing is left to upload: queued batches need it at the next mount."""
+    left = 0
+    if cache is not None:
+        st = cache.status()
+        left = st["pending_objects"] + st["pending_deletes"]
+    if left:
+        lease.stop()
+        if lease.held:
+            log.info("keeping the vault's lease (it expires in %.0f s): %d operations wait for upload", lease.ttl,
+                     left)
+    else:
+        lease.release()
 
 
 def _fs_status(fs: FileSystem) -> dict[str, Any]:

@@ -163,6 +163,57 @@ def test_if_none_match(store):
     assert store.get("journal/" + "02" * 16) == b"other"
 
 
+def test_versioned_compare_and_swap(store):
+    with pytest.raises(StoreNotFoundError):
+        store.get_versioned("lease")
+    with pytest.raises(PreconditionFailedError):
+        store.put_versioned("lease", b"x", expect="nonesuch")  # If-Match on a missing key
+    t1 = store.put_versioned("lease", b"one", expect=None)
+    assert store.get_versioned("lease") == (b"one", t1)
+    with pytest.raises(PreconditionFailedError):
+        store.put_versioned("lease", b"two", expect=None)  # If-None-Match on an existing key
+    t2 = store.put_versioned("lease", b"two", expect=t1)
+    assert t2 != t1
+    with pytest.raises(PreconditionFailedError):
+        store.put_versioned("lease", b"three", expect=t1)  # a stale tag: someone renewed since
+    assert store.get_versioned("lease") == (b"two", t2)
+    assert store.get("lease") == b"two"
+    f = FaultyStore(store)
+    f.fail_puts = lambda key: True
+    with pytest.raises(StoreError):
+        f.put_versioned("lease", b"four", expect=t2)
+    f.fail_gets = lambda key: True
+    with pytest.raises(StoreError):
+        f.get_versioned("lease")
+    assert store.get_versioned("lease")[1] == t2
+
+
+def test_local_versioned_put_excludes_concurrent_writers(tmp_path):
+    import threading
+
+    stores = [LocalStore(str(tmp_path / "store")) for _ in range(2)]  # two mounts: two store objects
+    t0 = stores[0].put_versioned("lease", b"start", expect=None)
+    wins: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def race(i: int) -> None:
+        barrier.wait()
+        try:
+            stores[i % 2].put_versioned("lease", b"winner %d" % i, expect=t0)
+            wins.append(i)
+        except PreconditionFailedError:
+            pass
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert stores[1].get("lease") == b"winner %d" % wins[0]
+    assert list(stores[0].list()) == ["lease"]  # the lock file is not an object
+
+
 def test_missing_key(store):
     with pytest.raises(StoreNotFoundError):
         store.get("config")

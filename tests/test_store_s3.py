@@ -271,6 +271,25 @@ def test_lost_response_of_conditional_put_is_not_a_conflict(s3):
     assert store.get(key) == body
 
 
+def test_lost_response_of_versioned_put_finds_its_own_bytes(s3):
+    """A lease renewal (If-Match) lands, its answer is lost, the retry meets 412: still our write."""
+    store = S3Store(BUCKET)
+    t1 = store.put_versioned("lease", b"first", expect=None)
+    dropped = []
+
+    def land_then_drop(request, **kw):
+        if not dropped:
+            dropped.append(1)
+            s3.put_object(Bucket=BUCKET, Key="lease", Body=b"second")
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+    store._client().meta.events.register_first("before-send.s3.PutObject", land_then_drop)
+    t2 = store.put_versioned("lease", b"second", expect=t1)
+    assert dropped and store.get_versioned("lease") == (b"second", t2)
+    with pytest.raises(PreconditionFailedError):
+        store.put_versioned("lease", b"third", expect=t1)  # another device with a stale tag loses
+
+
 def test_plain_put_overwrites_without_condition(s3):
     store = S3Store(BUCKET)
     sent = []

@@ -10,6 +10,13 @@ store maps them to objects however it likes. Contract:
   such objects).
 * ``put(..., if_none_match=True)`` fails with PreconditionFailedError when the
   key exists (the S3 ``If-None-Match: *`` semantics).
+* ``get_versioned``/``put_versioned`` are a compare-and-swap on one small,
+  mutable object (the lease): ``get_versioned`` returns the bytes and an opaque
+  version tag (S3's ETag); ``put_versioned(key, data, expect=None)`` creates
+  the key only if it is missing (``If-None-Match: *``), ``expect=TAG`` replaces
+  it only if its tag is still TAG (``If-Match``); either returns the new tag
+  or raises PreconditionFailedError. They always reach the real store: a
+  cache must never answer them.
 * ``list_with_times`` is ``list`` with each object's last-modified time (a
   local file's mtime, S3's LastModified); where a store cannot tell, it says
   "now" (never older than it is).
@@ -21,9 +28,15 @@ store maps them to objects however it likes. Contract:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+
+def content_tag(data: bytes) -> str:
+    """The version tag of stores that have no ETag of their own: a hash of the bytes."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,14 @@ class ObjectStore(Protocol):
         ...
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """(bytes, version tag) of ``key``; StoreNotFoundError if missing."""
+        ...
+
+    def put_versioned(self, key: str, data: bytes, *, expect: str | None) -> str:
+        """Store ``data`` if ``key`` is missing (``expect=None``) or still has tag ``expect``; the new tag."""
+        ...
 
     def stat(self, key: str) -> int: ...
 

@@ -33,6 +33,17 @@ class FaultyStore:
     def flush(self) -> None:
         self.inner.flush()
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        if self.fail_gets(key):
+            raise self.error(key)
+        return self.inner.get_versioned(key)
+
+    def put_versioned(self, key: str, data: bytes, *, expect: str | None) -> str:
+        if self.fail_puts(key):
+            raise self.error(key)
+        self.puts.append(key)
+        return self.inner.put_versioned(key, data, expect=expect)
+
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if self.fail_gets(key):
             raise self.error(key)

@@ -9,12 +9,13 @@ temporary file, are fsynced, then renamed (or hard-linked, for
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import threading
 from collections.abc import Iterator
 
 from ..errors import PreconditionFailedError, StoreError, StoreFullError, StoreNotFoundError
-from .base import StoreCapabilities
+from .base import StoreCapabilities, content_tag
 
 _TMP = ".tmp"
 _FANNED = ("data", "journal")  # kinds with many objects get a folder per first two hex digits
@@ -133,6 +134,34 @@ class LocalStore:
                 self._unsynced |= files
                 self._unsynced_dirs |= dirs
             _raise(exc, "flush")
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)
+        return data, content_tag(data)
+
+    def put_versioned(self, key: str, data: bytes, *, expect: str | None) -> str:
+        # Compare and swap under a lock every process using this folder shares
+        # (two mounts of one folder vault are two processes): flock on a file
+        # in .tmp/, which listings skip. No stale-lock problem: the kernel drops
+        # a flock when its holder dies.
+        lock_path = os.path.join(self.root, _TMP, "versioned.lock")
+        try:
+            self._ensure_dir(os.path.dirname(lock_path))
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            _raise(exc, key)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # per open file: threads of one process exclude each other too
+            try:
+                old: str | None = content_tag(self.get(key))
+            except StoreNotFoundError:
+                old = None
+            if old != expect:
+                raise PreconditionFailedError(f"{key} changed (another writer?)")
+            self.put(key, data, if_none_match=expect is None)
+        finally:
+            os.close(fd)  # releases the flock
+        return content_tag(data)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         try:

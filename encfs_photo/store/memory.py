@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..errors import PreconditionFailedError, StoreNotFoundError
-from .base import StoreCapabilities
+from .base import StoreCapabilities, content_tag
 
 
 class MemoryStore:
@@ -31,6 +31,19 @@ class MemoryStore:
 
     def flush(self) -> None:
         pass
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)
+        return data, content_tag(data)
+
+    def put_versioned(self, key: str, data: bytes, *, expect: str | None) -> str:
+        with self._lock:
+            old = self.objects.get(key)
+            if (old is None) != (expect is None) or (old is not None and content_tag(old) != expect):
+                raise PreconditionFailedError(f"{key} changed (another writer?)")
+            self.objects[key] = bytes(data)
+            self.mtimes[key] = self.clock()
+        return content_tag(data)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         try:

@@ -16,6 +16,8 @@ The contract is store/base.py's. S3 specifics:
   meet its own object: a 412 is checked against the stored bytes, and
   identical bytes count as success. A 409 ConditionalRequestConflict (a write to the key in flight) is
   retried a few times before it too becomes PreconditionFailedError.
+* ``put_versioned`` sends ``If-None-Match: *`` or ``If-Match: ETAG``; the tag
+  is the ETag S3 returns (opaque, quotes included).
 * ``get`` with an offset or length is one ranged GET; a range that starts at
   or past the end (416) returns b"", as the contract asks.
 * Every botocore/urllib3 failure becomes a StoreError; the ones a user must act
@@ -255,6 +257,40 @@ class S3Store:
 
     def flush(self) -> None:
         pass  # every put is durable when it returns
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        with self._errors("get", key):
+            resp = self._client().get_object(Bucket=self.bucket, Key=self._k(key))
+            body = resp["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+        return data, str(resp.get("ETag", ""))
+
+    def put_versioned(self, key: str, data: bytes, *, expect: str | None) -> str:
+        body = bytes(data)
+        args = {"Bucket": self.bucket, "Key": self._k(key), "Body": body}
+        if expect is None:
+            args["IfNoneMatch"] = "*"
+        else:
+            args["IfMatch"] = expect
+        try:
+            with self._errors("put", key):
+                return str(self._client().put_object(**args).get("ETag", ""))
+        except (PreconditionFailedError, StoreNotFoundError) as exc:  # If-Match on a missing key is a 404
+            # Our own write whose answer was lost (botocore retried it) finds our bytes.
+            try:
+                theirs, tag = self.get_versioned(key)
+            except StoreNotFoundError:
+                theirs, tag = None, ""
+            if theirs == body:
+                return tag
+            raise PreconditionFailedError(f"{key} changed (another writer?)") from exc
+        except StoreError as exc:
+            if self._is_conflict(exc.__cause__):  # 409: a conditional write to the key is in flight
+                raise PreconditionFailedError(f"{key}: a concurrent write is in progress") from exc
+            raise
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):

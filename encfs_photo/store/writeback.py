@@ -97,6 +97,9 @@ RETRY_MAX = 60.0
 RATE_WINDOW = 20.0  # seconds of uploads the reported rate averages over
 
 PUT, COND, DELETE = "P", "C", "D"
+# What an offline mount needs to open the vault; copies live in <cache dir>/meta/.
+_META_PREFIXES = ("config", "keys/", "journal/", "journal-floor")
+_LISTED_PREFIXES = ("keys/", "journal/")  # listings remembered for an offline mount
 _PENDING_RE = re.compile(r"^(\d{16})-([PCD])-(.+)$")
 
 
@@ -176,6 +179,11 @@ class WriteBackStore:
         self._failures = 0
         self._retry_at = 0.0
         self._conflict: str | None = None
+        self._held: str | None = None  # hold_metadata(): why only data objects upload now
+        self._held_waits = False
+        self.offline = False  # set by a mount that found the store unreachable: list from local copies
+        self._meta_dir = os.path.join(self.cache_dir, "meta")
+        self._meta_index: set[str] = set()  # metadata keys the store held at the last listing or upload
         self._leave = False  # leave_queued(): waits for uploads return at once
         self._stopping = False
         self._closed = False
@@ -213,19 +221,8 @@ class WriteBackStore:
         except BlockingIOError:
             raise CacheBusyError(f"cache folder {self.cache_dir} is in use by another mount "
                                  "(each mount needs its own --cache-dir)") from None
-        owner_path = os.path.join(self.cache_dir, "owner")
         if owner:
-            try:
-                with open(owner_path) as f:
-                    found = f.read().strip()
-            except FileNotFoundError:
-                found = None
-            if found is None:
-                with open(owner_path, "w") as f:
-                    f.write(owner + "\n")
-            elif found != owner:
-                raise StoreError(f"cache folder {self.cache_dir} belongs to another vault; "
-                                 "choose another --cache-dir")
+            self.check_owner(owner)
         running = os.path.join(self.cache_dir, "running")
         if os.path.exists(running):
             log.warning("cache: the last mount using %s did not stop cleanly; its clean objects are discarded "
@@ -245,6 +242,26 @@ class WriteBackStore:
             pass
         self._scan_pending()
         self._clean.evict(self.cache_size - self.pending_bytes)
+        os.makedirs(self._meta_dir, mode=0o700, exist_ok=True)
+        try:
+            with open(os.path.join(self._meta_dir, "index")) as f:
+                self._meta_index = {line.strip() for line in f if line.strip()}
+        except FileNotFoundError:
+            pass
+
+    def check_owner(self, owner: str) -> None:
+        """Claim the folder for one vault (``owner``: a hash of its id); StoreError if another vault's."""
+        owner_path = os.path.join(self.cache_dir, "owner")
+        try:
+            with open(owner_path) as f:
+                found = f.read().strip()
+        except FileNotFoundError:
+            found = None
+        if found is None:
+            with open(owner_path, "w") as f:
+                f.write(owner + "\n")
+        elif found != owner:
+            raise StoreError(f"cache folder {self.cache_dir} belongs to another vault; choose another --cache-dir")
 
     def _scan_pending(self) -> None:
         found = []
@@ -315,6 +332,121 @@ class WriteBackStore:
             return e.op != DELETE
         return key in self._clean
 
+    # ------------------------------------------------------------ copies for an offline mount
+
+    def _meta_path(self, key: str) -> str:
+        return os.path.join(self._meta_dir, key_to_name(key))
+
+    def _keep_copy(self, key: str, data: bytes) -> None:
+        """Keep the store's ``key`` (a metadata object) in meta/."""
+        if key.startswith(_META_PREFIXES) and self._link_copy(key, data=data):
+            with self._cond:
+                self._index_add_locked(key)
+
+    def _keep_copy_locked(self, key: str, path: str) -> None:
+        """The same for an uploaded pending file (lock held): a hard link, no copy, no fsync needed."""
+        if self._link_copy(key, path=path):
+            self._index_add_locked(key)
+
+    def _index_add_locked(self, key: str) -> None:
+        if key.startswith(_LISTED_PREFIXES) and key not in self._meta_index:
+            self._meta_index.add(key)
+            self._save_index_locked()
+
+    def _link_copy(self, key: str, data: bytes | None = None, path: str | None = None) -> bool:
+        tmp = os.path.join(self._meta_dir, TMP_PREFIX + os.urandom(8).hex())
+        try:
+            if path is not None:
+                os.link(path, tmp)  # an uploaded pending file: fsynced already, no copy
+            else:
+                write_file(tmp, data or b"", fsync=True)
+            os.replace(tmp, self._meta_path(key))
+        except OSError as exc:
+            log.debug("cache: no offline copy of %s: %s", key, exc)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return False
+        return True
+
+    def _drop_copy(self, key: str) -> None:
+        if not key.startswith(_META_PREFIXES):
+            return
+        try:
+            os.unlink(self._meta_path(key))
+        except OSError:
+            pass
+        with self._cond:
+            if key in self._meta_index:
+                self._meta_index.discard(key)
+                self._save_index_locked()
+
+    def _save_index_locked(self) -> None:
+        # Small (one line per journal batch and slot), rewritten on change; a
+        # lost update only makes an offline mount see an older listing.
+        text = "".join(k + "\n" for k in sorted(self._meta_index))
+        tmp = os.path.join(self._meta_dir, TMP_PREFIX + os.urandom(8).hex())
+        try:
+            write_file(tmp, text.encode(), fsync=False)
+            os.replace(tmp, os.path.join(self._meta_dir, "index"))
+        except OSError as exc:
+            log.debug("cache: could not save the offline index: %s", exc)
+
+    def _offline_copy(self, key: str) -> bytes | None:
+        if not self.offline or not key.startswith(_META_PREFIXES):
+            return None
+        try:
+            with open(self._meta_path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            # Every metadata object the last mount read or wrote has a copy:
+            # one without (the floor hint of a vault never pruned) did not exist.
+            raise StoreNotFoundError(f"object {key} is not in the offline copy of the store") from None
+        except OSError:
+            return None
+
+    def has_offline_copy(self, key: str) -> bool:
+        """True when an offline mount could read ``key`` (the vault config, say) from this folder."""
+        return os.path.exists(self._meta_path(key))
+
+    def copy_for_offline(self) -> None:
+        """Copy the config and key slots from the store (the mount read them before the cache existed)."""
+        for key in ["config", *self._listing("keys/", with_times=False)]:
+            try:
+                self._keep_copy(key, self.inner.get(key))
+            except StoreNotFoundError:
+                continue
+
+    def go_online(self) -> None:
+        """The store answers again (after an offline mount): list and read it as usual."""
+        self.offline = False
+
+    # ------------------------------------------------------------ other devices
+
+    def hold_metadata(self, reason: str, *, until_released: bool = False) -> None:
+        """Upload only data objects until ``release_metadata()``: no journal batch, config, slot or delete.
+
+        While this mount does not hold the vault's lease, a queued batch could
+        take a sequence number another device is about to use; data objects
+        nobody references yet are harmless. ``until_released``: the hold is
+        expected to end (an offline mount taking its lease back), so waits for
+        uploads keep waiting; otherwise they return once only held entries are left."""
+        with self._cond:
+            self._held = reason
+            self._held_waits = until_released
+            self._cond.notify_all()
+
+    def release_metadata(self) -> None:
+        with self._cond:
+            self._held = None
+            self._cond.notify_all()
+
+    def declare_conflict(self, msg: str) -> None:
+        """Another device owns the vault now: stop uploads and refuse puts (read-only), durably."""
+        with self._cond:
+            self._record_conflict(msg)
+
     # ------------------------------------------------------------ the store contract
 
     def describe(self) -> str:
@@ -358,6 +490,12 @@ class WriteBackStore:
             raise
         if durable:
             self.flush()  # the folder entry, and every earlier deferred put with it
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_versioned(key)  # a live coordination object: never from the cache
+
+    def put_versioned(self, key: str, data: bytes, *, expect: str | None) -> str:
+        return self.inner.put_versioned(key, data, expect=expect)
 
     def _reserve_locked(self, size: int) -> None:
         """Back-pressure: wait until ``size`` more dirty bytes fit under the dirty cap, then count them."""
@@ -443,6 +581,9 @@ class WriteBackStore:
                 raise _store_error(exc, key) from None
             finally:
                 os.close(fd)
+        copy = self._offline_copy(key)
+        if copy is not None:
+            return copy[offset:len(copy) if length is None else offset + length]
         if (offset or length is not None) and not sequential:
             data = self.inner.get(key, offset, length)
             with self._cond:
@@ -452,6 +593,7 @@ class WriteBackStore:
                     self._reads.popitem(last=False)
             return data
         whole = self.inner.get(key)
+        self._keep_copy(key, data=whole)
         self._fill(key, whole)
         if offset == 0 and length is None:
             return whole
@@ -487,6 +629,9 @@ class WriteBackStore:
                     raise StoreNotFoundError(f"object {key} is missing from the store")
                 return e.size
             size = self._clean.size(key)
+        copy = self._offline_copy(key) if size is None else None
+        if copy is not None:
+            return len(copy)
         return size if size is not None else self.inner.stat(key)
 
     def exists(self, key: str) -> bool:
@@ -496,6 +641,11 @@ class WriteBackStore:
                 return e.op != DELETE
             if key in self._clean:
                 return True
+        try:
+            if self._offline_copy(key) is not None:
+                return True
+        except StoreNotFoundError:
+            return False
         return self.inner.exists(key)
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -510,8 +660,21 @@ class WriteBackStore:
             # the lock); the listing may still show such a key, so drop it.
             deleting = {k for k, e in self._latest.items() if e.op == DELETE and k.startswith(prefix)}
         now = time.time()  # what is not in the bucket yet is as young as can be
-        listed = self.inner.list_with_times(prefix) if with_times else ((k, now) for k in self.inner.list(prefix))
+        if self.offline:  # what the store held when it was last seen
+            with self._cond:
+                listed: Iterator[tuple[str, float]] = iter([(k, now) for k in self._meta_index
+                                                            if k.startswith(prefix)])
+        elif with_times:
+            listed = self.inner.list_with_times(prefix)
+        else:
+            listed = ((k, now) for k in self.inner.list(prefix))
         times = {k: t for k, t in listed if k not in deleting}
+        if not self.offline and prefix in _LISTED_PREFIXES:
+            with self._cond:
+                known = {k for k in self._meta_index if k.startswith(prefix)}
+                if known != set(times):
+                    self._meta_index = (self._meta_index - known) | set(times)
+                    self._save_index_locked()
         with self._cond:
             for key in self._clean.keys(prefix):
                 times.setdefault(key, now)
@@ -525,6 +688,7 @@ class WriteBackStore:
 
     def delete(self, key: str) -> None:
         key_to_name(key)
+        self._drop_copy(key)
         with self._cond:
             in_clean = key in self._clean
             self._clean.discard(key)
@@ -586,7 +750,7 @@ class WriteBackStore:
         earlier_put = False
         seen: set[str] = set()
         for e in self._queue.values():
-            if not e.inflight and e.key not in seen:
+            if not e.inflight and e.key not in seen and (self._held is None or (e.op == PUT and not e.barrier)):
                 if e.op == DELETE:
                     if not earlier_put:
                         return e
@@ -666,6 +830,8 @@ class WriteBackStore:
         newest = self._remove_locked(e)
         path = self._path(e)
         try:
+            if e.op != DELETE and newest and e.key.startswith(_META_PREFIXES):
+                self._keep_copy_locked(e.key, path)
             if e.op != DELETE and newest and e.size <= self.cache_size:
                 self._clean.adopt(e.key, path, e.size)
                 self._clean.evict(self.cache_size - self.pending_bytes)
@@ -703,6 +869,9 @@ class WriteBackStore:
         self._inflight -= 1
         msg = (f"another device stored {e.key} first: the vault changed elsewhere, so uploads stopped "
                f"(nothing local was deleted; queued in {self._pending_dir})")
+        self._record_conflict(msg)
+
+    def _record_conflict(self, msg: str) -> None:
         self._conflict = msg
         self.last_error = msg
         log.error("cache: %s", msg)
@@ -734,6 +903,9 @@ class WriteBackStore:
                     return True
                 if self._leave or self._stopping:
                     return False
+                if (self._held is not None and not self._held_waits and not self._inflight
+                        and self._pick_locked() is None):
+                    return False  # what is left waits for the lease (hold_metadata)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
