@@ -124,6 +124,9 @@ def derive_kek(secret: bytes, params: KdfParams) -> bytes:
 
 CALIBRATION_MEMORY_KIB = 256 * 1024  # memory-hard first: as much as the machine can spare, up to this
 CALIBRATION_LANES = 4
+# Memory is given up only when the cheapest run at it overshoots the target by
+# this much: a busy machine's noise must not trade 256 MiB for more passes.
+CALIBRATION_SLACK = 1.5
 
 
 def calibrate_kdf(target_s: float, mem_available_kib: int, clock: Callable[[], float],
@@ -133,8 +136,8 @@ def calibrate_kdf(target_s: float, mem_available_kib: int, clock: Callable[[], f
     Memory first: m is CALIBRATION_MEMORY_KIB if a quarter of the available
     memory holds it, else that quarter (not below the floor). Then one timed
     run at the floor's t gives the cost of a pass, and t is raised to fill the
-    target. A machine too slow for even that at m halves m until it fits or m
-    is at the floor. ``clock`` and ``derive`` are injectable for tests.
+    target. A machine too slow for even that at m (beyond CALIBRATION_SLACK)
+    halves m until it fits or m is at the floor. ``clock`` and ``derive`` are injectable for tests.
     """
     derive = derive or derive_kek
     memory = max(KdfParams.FLOOR_MEMORY_KIB, min(CALIBRATION_MEMORY_KIB, mem_available_kib // 4))
@@ -145,7 +148,7 @@ def calibrate_kdf(target_s: float, mem_available_kib: int, clock: Callable[[], f
         start = clock()
         derive(b"calibration", probe)
         per_pass = max(clock() - start, 1e-9) / t
-        if per_pass * t <= target_s or memory <= KdfParams.FLOOR_MEMORY_KIB:
+        if per_pass * t <= target_s * CALIBRATION_SLACK or memory <= KdfParams.FLOOR_MEMORY_KIB:
             break
         memory = max(KdfParams.FLOOR_MEMORY_KIB, memory // 2)
     t = int(target_s / per_pass)

@@ -579,3 +579,12 @@ def test_calibration_on_a_slow_machine_halves_memory_but_never_goes_below_the_fl
     p = crypto.calibrate_kdf(1.0, 8 * 1024 * 1024, fake.clock, fake.derive)
     assert (p.memory_kib, p.iterations) == (KdfParams.FLOOR_MEMORY_KIB, KdfParams.FLOOR_ITERATIONS)
     p.check_floor()
+
+
+def test_calibration_keeps_memory_when_the_floor_run_is_only_a_little_slow():
+    fake = FakeArgon(0.6 / 256)  # t=2 at 256 MiB takes 1.2 s: within the slack, memory is kept
+    p = crypto.calibrate_kdf(1.0, 8 * 1024 * 1024, fake.clock, fake.derive)
+    assert (p.memory_kib, p.iterations) == (256 * 1024, 2) and len(fake.runs) == 1
+    fake = FakeArgon(0.8 / 256)  # 1.6 s: beyond the slack, m halves to 128 MiB (0.8 s), t stays 2
+    p = crypto.calibrate_kdf(1.0, 8 * 1024 * 1024, fake.clock, fake.derive)
+    assert (p.memory_kib, p.iterations) == (128 * 1024, 2)
