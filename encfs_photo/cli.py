@@ -478,8 +478,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{row.get('mountpoint')}: {row.get('error')}")
             continue
         print(f"{row['mountpoint']}  <-  {row['store']}  (pid {row['pid']})")
-        print(f"  files: {row['files']}, unsaved in memory: {row['dirty_bytes']} bytes, "
-              f"journal batch: {row['journal_seq']}, read-only: {row['read_only']}")
+        if row.get("busy"):
+            print(f"  busy: {row['busy']}; read-only: {row['read_only']}")
+        else:
+            print(f"  files: {row['files']}, unsaved in memory: {row['dirty_bytes']} bytes, "
+                  f"journal batch: {row['journal_seq']}, read-only: {row['read_only']}")
         if row.get("last_error"):
             print(f"  last error: {row['last_error']}")
         lease = row.get("lease") or {}

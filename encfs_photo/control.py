@@ -36,7 +36,13 @@ def run_dir() -> str:
 
 
 def mount_id(mountpoint: str) -> str:
-    return hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    # The parent is resolved, not the mount point itself: a stat of a mounted
+    # point is a FUSE call, and `status` must answer while the mount's only FUSE
+    # thread waits (a writer blocked on a full cache). A mount point that is
+    # itself a symlink is therefore known by the name it was mounted under.
+    path = os.path.abspath(mountpoint)
+    resolved = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    return hashlib.sha256(resolved.encode()).hexdigest()[:16]
 
 
 def paths(mountpoint: str) -> tuple[str, str, str]:

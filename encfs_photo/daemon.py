@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,6 +106,9 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
         collector.start()  # a thread: started here, after any fork
     if lease is not None:
         lease.start()
+    follower = _Follower(fs) if fs.read_only else None  # read-only from the start: show the writer's changes
+    if follower is not None:
+        follower.start()
     try:
         log.info("mounting %s", mountpoint)
         try:
@@ -118,6 +122,8 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
                                   "its own message is just above)") from None
         served = True
     finally:
+        if follower is not None:
+            follower.stop()
         if collector is not None:
             collector.stop()
         if cache is not None:
@@ -128,6 +134,42 @@ def serve(fs: FileSystem, store: str, mountpoint: str, *, log_file: str | None =
         control.unregister(mountpoint)
         if was_mounted:
             log.info("unmounted %s after %.0f s; vault locked", mountpoint, time.monotonic() - started)
+
+
+FOLLOW_ENV = "ENCFS_PHOTO_FOLLOW_INTERVAL"  # seconds between checks for the writer's new batches (default 5)
+
+
+class _Follower:
+    """A read-only mount re-reads the journal when another device appended to it."""
+
+    def __init__(self, fs: FileSystem) -> None:
+        self.fs = fs
+        try:
+            self.interval = max(0.2, float(os.environ.get(FOLLOW_ENV, "5")))
+        except ValueError:
+            self.interval = 5.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="encfs-follow", daemon=True)
+        self._said: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if self.fs.follow():
+                    log.info("read-only mount: took in the writer's new changes")
+                self._said = None
+            except Exception as exc:  # noqa: BLE001 - the store may be down or the batch mid-upload: try again
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if msg != self._said:
+                    log.warning("could not read the writer's new changes (retrying): %s", msg)
+                    self._said = msg
 
 
 def _wire_lease(lease: Lease, fs: FileSystem, cache: Any) -> None:
@@ -171,12 +213,31 @@ def _end_lease(lease: Lease, cache: Any) -> None:
         lease.release()
 
 
+STATUS_WAIT = 2.0  # seconds `status` waits for the filesystem lock before answering without it
+
+
 def _fs_status(fs: FileSystem) -> dict[str, Any]:
-    try:
-        return fs.status()
-    except AttributeError:  # closed: unmounted, uploads still draining
-        return {"files": 0, "dirty_bytes": 0, "pending_put_bytes": 0, "journal_seq": -1, "read_only": True,
-                "last_error": fs.last_error, "unmounted": True}
+    # fs.status() takes the filesystem lock, which a writer keeps while it waits
+    # for uploads (the cache's dirty cap reached, the bucket slow or gone):
+    # `status` must still answer then, so it asks from a helper thread and
+    # gives up on the filesystem's own numbers after STATUS_WAIT.
+    box: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            box.update(fs.status())
+        except AttributeError:  # closed: unmounted, uploads still draining
+            box.update({"files": 0, "dirty_bytes": 0, "pending_put_bytes": 0, "journal_seq": -1,
+                        "read_only": True, "last_error": fs.last_error, "unmounted": True})
+
+    t = threading.Thread(target=ask, name="encfs-status", daemon=True)
+    t.start()
+    t.join(STATUS_WAIT)
+    if box:
+        return box
+    return {"files": None, "dirty_bytes": None, "pending_put_bytes": None, "journal_seq": None,
+            "read_only": fs.read_only, "last_error": fs.last_error,
+            "busy": "a write is waiting for uploads (the cache's dirty cap is reached); file counts unavailable"}
 
 
 def _cache_status(cache: Any) -> dict[str, Any]:

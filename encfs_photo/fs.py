@@ -757,6 +757,23 @@ class FileSystem:
         keys = {ref.key for node in self.ns.inodes.values() for ref in node.chunks.values()}
         return keys, self._journal.seq
 
+    def follow(self) -> bool:
+        """A read-only mount: take in the batches another device appended since; True if there were any.
+
+        One existence check of the next batch; only when it exists is the
+        journal loaded again (outside the lock), then swapped in. Open handles
+        keep their inodes (chunks are immutable), new lookups see the new tree."""
+        cur = self._journal
+        if not self.read_only or cur is None or not self.vault.store.exists(cur._key(cur.seq + 1)):
+            return False
+        fresh = Journal(self.vault.store, self.vault.vault_id, self.vault.meta_key, self.vault.names_key, cur.guard)
+        ns = fresh.load()
+        with self._lock:
+            if self._journal is not cur:  # closed (unmounted) meanwhile
+                return False
+            self._journal, self.ns = fresh, ns
+        return True
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {

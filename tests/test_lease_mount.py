@@ -28,6 +28,7 @@ CLOSED_PORT = "http://127.0.0.1:9"  # discard: nothing listens there
 def devices(cli, tmp_path, moto_server, s3env):  # noqa: F811
     """Two devices (mount points and cache folders) on one s3:// vault."""
     cli.env["ENCFS_PHOTO_LEASE_TTL"] = str(TTL)
+    cli.env["ENCFS_PHOTO_FOLLOW_INTERVAL"] = "0.5"
     a = S3Vault(cli, tmp_path, moto_server, s3env).init()
     b = twin(a, tmp_path / "b")
     try:
@@ -82,9 +83,15 @@ def test_second_device_mounts_read_only_until_the_first_unmounts(devices):
         assert "lease: another device" in r.stdout, r.stdout
         assert erofs(b.mnt / "clobber.txt")
         assert listing(b.mnt) == listing(a.mnt)  # what the writer stored before
-        write(a.mnt / "shoot" / "IMG_0002.CR3", b"later")  # the writer goes on meanwhile
+        write(a.mnt / "shoot" / "IMG_0002.CR3", b"later")  # the writer goes on meanwhile ...
         a.sync()
         assert a.status()["lease"]["held"] and not a.status()["read_only"]
+        follow = b.mnt / "shoot" / "IMG_0002.CR3"
+        assert wait_until(follow.exists, timeout=MOUNT_TIMEOUT), b.log  # ... and the reader follows
+        assert follow.read_bytes() == b"later"
+        os.unlink(a.mnt / "shoot" / "IMG_0001.CR3")
+        a.sync()
+        assert wait_until(lambda: not (b.mnt / "shoot" / "IMG_0001.CR3").exists(), timeout=MOUNT_TIMEOUT)
     finally:
         b.unmount()
     a.unmount()  # releases the lease
@@ -93,7 +100,7 @@ def test_second_device_mounts_read_only_until_the_first_unmounts(devices):
     try:
         st = b.status()
         assert not st["read_only"] and st["lease"]["held"], st
-        assert (b.mnt / "shoot" / "IMG_0002.CR3").read_bytes() == b"later"  # seen after the remount
+        assert (b.mnt / "shoot" / "IMG_0002.CR3").read_bytes() == b"later"
         write(b.mnt / "shoot" / "from-b.txt", b"b writes now")
         b.sync()
     finally:
@@ -247,3 +254,38 @@ def test_a_folder_store_mounted_twice(make_vault, tmp_path, cli):
         Path(second.path("b.txt")).write_bytes(b"from b")
     finally:
         second.unmount()
+
+
+def test_status_answers_while_a_writer_waits_for_uploads(devices):
+    """A full dirty cap blocks the writer inside the filesystem lock; `status` still answers."""
+    import threading
+
+    a, _ = devices
+    a.mount(a.base / "cache-a", "--cache-size", "2M")
+    try:
+        a.server.refuse_puts.set()
+        data = os.urandom(12 << 20)
+        done: list[BaseException | None] = []
+
+        def writer() -> None:
+            try:
+                write(a.mnt / "big.bin", data)  # close() seals three chunks: the second waits for uploads
+                done.append(None)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                done.append(exc)
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        assert wait_until(lambda: a.status()["cache"]["writers_waiting"] > 0, timeout=MOUNT_TIMEOUT), a.log
+        st = a.status()
+        assert "waiting for uploads" in st["busy"] and st["files"] is None
+        assert "busy:" in a.run("status", a.mnt).stdout
+        assert not done
+        a.server.refuse_puts.clear()
+        t.join(timeout=120)
+        assert done == [None]
+        assert (a.mnt / "big.bin").read_bytes() == data
+        assert a.status()["files"] >= 2
+    finally:
+        a.server.refuse_puts.clear()
+        a.unmount()
