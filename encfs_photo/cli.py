@@ -317,7 +317,12 @@ def _take_lease(args: argparse.Namespace, store, cache, vault, offline: bool):
         if cache is not None:
             cache.hold_metadata("mounted read-only")
         return None, True
-    record = os.path.join(cache.cache_dir, "lease") if cache is not None else None
+    if cache is not None:
+        record = os.path.join(cache.cache_dir, "lease")
+    else:
+        from .state import default_state_dir
+
+        record = os.path.join(args.state_dir or default_state_dir(), vault.vault_id.hex() + ".lease")
     lease = Lease(store, vault.meta_key, vault.vault_id, record_path=record)
     unsure = offline
     try:

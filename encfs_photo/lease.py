@@ -14,11 +14,11 @@ passed on its own clock, so clocks must agree within ``ttl - period`` (90 s
 by default; NTP does far better).
 
 The cache folder remembers the ETag of the last lease this device wrote
-(``<cache dir>/lease``, not secret: a hash of ciphertext). Since the cache
-folder is locked by one mount at a time, a lease carrying that very ETag was
-written by a mount of this device that is gone (kill -9, a crash,
-``unmount --no-wait``): it is taken back at once, and an offline mount may
-write on the strength of it (see DESIGN.md "Lease and offline mounts").
+and the writing process's pid (``<cache dir>/lease``; a folder store, which
+has no cache, uses ``<state dir>/<vault id>.lease``; not secret: an ETag is
+a hash of ciphertext). A lease carrying that very ETag, written by a process
+that is gone (kill -9, a crash, ``unmount --no-wait``), is taken back at
+once, and an offline mount may write on the strength of it (DESIGN.md 17).
 
 Callers: `cli` (mount), `daemon` (start, release, status). Imports crypto,
 errors and the store contract only.
@@ -46,6 +46,16 @@ LEASE_KEY = "lease"
 LABEL_LEASE = b"lease"
 DEFAULT_TTL = 120.0
 TTL_ENV = "ENCFS_PHOTO_LEASE_TTL"  # seconds; tests shorten it (the period is a quarter of it)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def lease_timing() -> tuple[float, float]:
@@ -115,25 +125,30 @@ class Lease:
 
     # ---- this device's memory of its last lease (the cache folder)
 
-    def _recorded(self) -> str | None:
+    def _recorded(self, dead_only: bool = False) -> str | None:
+        """The ETag this device last wrote; with ``dead_only``, only if the mount that wrote it is gone."""
         if not self.record_path:
             return None
         try:
             with open(self.record_path) as f:
-                return f.read().strip() or None
+                etag, _, pid = f.read().strip().partition(" ")
         except OSError:
             return None
+        if dead_only and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            return None  # another mount on this machine (a folder store has no cache folder lock)
+        return etag or None
 
     def _record(self, etag: str | None) -> None:
         if not self.record_path:
             return
         try:
+            os.makedirs(os.path.dirname(self.record_path), mode=0o700, exist_ok=True)
             if etag is None:
                 os.unlink(self.record_path)
                 return
             tmp = self.record_path + ".tmp"
             with open(tmp, "w") as f:
-                f.write(etag + "\n")
+                f.write(f"{etag} {os.getpid()}\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.record_path)
@@ -154,7 +169,7 @@ class Lease:
             raw, tag = None, None
         if raw is not None:
             info = self._decode(raw)
-            ours = tag is not None and tag == self._recorded()
+            ours = tag is not None and tag == self._recorded(dead_only=True)
             if not ours and (info is None or info.expires > self.clock()):
                 self._refused(info)
                 return False
@@ -273,6 +288,8 @@ class Lease:
 
     def start(self) -> None:
         """Renew every ``period`` seconds from a daemon thread (start it after any fork)."""
+        if self.held:
+            self._record(self.etag)  # this process (after a detaching fork) is the one to outlive
         if self._thread is None and (self.held or self.reclaim is not None):
             self._thread = threading.Thread(target=self._loop, name="encfs-lease", daemon=True)
             self._thread.start()

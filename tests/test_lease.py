@@ -103,6 +103,19 @@ def test_this_device_takes_back_its_own_lease_after_a_crash(tmp_path):
     assert again.acquire()
 
 
+def test_a_live_mount_on_this_machine_keeps_its_lease(tmp_path):
+    """A folder store has no cache folder lock: the record's pid tells a crashed mount from a running one."""
+    store, clock = MemoryStore(), Clock()
+    record = tmp_path / "lease"
+    a = lease(store, clock, str(record))
+    assert a.acquire()
+    etag = record.read_text().split()[0]
+    record.write_text(f"{etag} {os.getppid()}\n")  # written by another process, still running
+    assert not lease(store, clock, str(record)).acquire()
+    record.write_text(f"{etag} 999999999\n")  # ... by a process that is gone
+    assert lease(store, clock, str(record)).acquire()
+
+
 def test_offline_mount_writes_only_if_it_held_the_lease_last_and_reclaims_it(tmp_path):
     store, clock = MemoryStore(), Clock()
     record = str(tmp_path / "lease")
