@@ -296,3 +296,47 @@ def test_status_answers_while_a_writer_waits_for_uploads(devices):
     finally:
         a.server.refuse_puts.clear()
         a.unmount()
+
+
+def test_offline_mount_goes_online_when_the_bucket_comes_back(devices):
+    """Mounted offline (nothing listening on the endpoint's port), then a server appears there: the mount
+    takes its lease back, the held journal batches upload, `sync` returns."""
+    import threading
+
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    a, b = devices
+    cache = a.base / "cache-a"
+    a.mount(cache)
+    write(a.mnt / "before.bin", b"b" * 5000)
+    a.sync()
+    a.unmount()
+
+    with socket.socket() as s:  # a port nothing listens on, yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    real = a.server.endpoint
+    a.server.endpoint = f"http://127.0.0.1:{port}"
+    server = None
+    try:
+        a.mount(cache)
+        assert "mounting offline" in a.log
+        write(a.mnt / "while-offline.bin", b"o" * 7000)
+        assert a.status()["lease"]["offline_reclaim"]
+        # moto keeps its buckets per process: a second server on that port serves the same bucket.
+        server = make_server("127.0.0.1", port, DomainDispatcherApplication(create_backend_app), threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        assert wait_until(lambda: a.status()["lease"]["held"], timeout=MOUNT_TIMEOUT), a.log
+        a.sync()
+        assert not a.status()["read_only"]
+        a.unmount()
+    finally:
+        a.server.endpoint = real
+        if server is not None:
+            server.shutdown()
+    b.mount(b.base / "cache-b")
+    try:
+        assert (b.mnt / "while-offline.bin").read_bytes() == b"o" * 7000
+    finally:
+        b.unmount()
