@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command entry point: the shared peer harness with encfs-photo as extra rows
 # (bench/encfs_photo.toml: local folder store, and S3 over the harness's moto).
-#   bash bench/run.sh --quick      # raw, gocryptfs, both encfs-photo rows; 64 MiB, scale 0.1 (~3 min)
+#   bash bench/run.sh --quick      # raw, gocryptfs, both encfs-photo rows; 64 MiB, scale 0.1 (~1-2 min)
 #   bash bench/run.sh --full       # every peer + both encfs-photo rows; 1 GiB, 3 repetitions (~1 h)
 #   bash bench/run.sh --shared     # every peer, 1 GiB, scale 0.5, 2 repetitions (busy 2-core box, ~25 min)
 #   bash bench/run.sh [--quick|--full|--shared] [peers.py options...]   # later options win
