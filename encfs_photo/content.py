@@ -28,16 +28,57 @@ log = logging.getLogger(__name__)
 DATA_PREFIX = "data/"
 
 
+DIGEST_LEN = 16  # SHA-256 truncated: what a chunk reference pins of the sealed bytes
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkRef:
-    """A sealed chunk: its object id and how many plaintext bytes it holds."""
+    """A sealed chunk: where it is stored, how many plaintext bytes it holds, and a hash of its sealed bytes.
+
+    A chunk of a big file is an object of its own (``seal_id is None``,
+    ``offset == 0``). A small file's chunk is a *segment* of a pack object: it
+    was sealed under its own random ``seal_id`` (key and AAD) and sits at
+    ``offset`` inside object ``object_id``. ``digest`` (None in records written
+    before it existed) is the truncated SHA-256 of the sealed blocks, checked
+    whenever all of them are fetched: the key commitment of chunk objects.
+    """
 
     object_id: bytes
     length: int
+    digest: bytes | None = None
+    seal_id: bytes | None = None
+    offset: int = 0
 
     @property
     def key(self) -> str:
         return DATA_PREFIX + self.object_id.hex()
+
+    @property
+    def sid(self) -> bytes:
+        """The id the blocks were sealed under (chunk key and AAD)."""
+        return self.seal_id or self.object_id
+
+    @property
+    def packed(self) -> bool:
+        return self.seal_id is not None
+
+
+def digest(sealed: bytes) -> bytes:
+    return crypto.sha256(sealed)[:DIGEST_LEN]
+
+
+def sealed_len(length: int, block_size: int) -> int:
+    """Bytes of the sealed blocks of a chunk of ``length`` plaintext bytes (padding excluded)."""
+    return length + nblocks(length, block_size) * crypto.TAG_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A small file's sealed chunk, kept in memory while its pack may still be rewritten."""
+
+    seal_id: bytes
+    length: int
+    body: bytes
 
 
 # ---- offset arithmetic (pure; tested on its own)
@@ -102,12 +143,36 @@ class ChunkIO:
             self.wait_puts()
         pad = len(plaintext) < self.chunk_size
         object_id, body = crypto.seal_chunk(self._key, self.vault_id, plaintext, self.block_size, pad)
-        ref = ChunkRef(object_id, len(plaintext))
+        ref = ChunkRef(object_id, len(plaintext), digest(body[:sealed_len(len(plaintext), self.block_size)]))
+        self._submit(ref.key, body)
+        return ref
+
+    def seal_segment(self, plaintext: bytes) -> Segment:
+        """Seal a small file's bytes as a pack segment (no padding: the pack is padded as a whole)."""
+        seal_id, body = crypto.seal_chunk(self._key, self.vault_id, plaintext, self.block_size, False)
+        return Segment(seal_id, len(plaintext), body)
+
+    def write_pack(self, segments: list[Segment]) -> list[ChunkRef]:
+        """Store segments (sealed already, so a rewrite copies them) as one new pack object; their refs."""
+        if self._failed:
+            self.wait_puts()
+        pack_id = crypto.random_bytes(16)
+        refs = []
+        pos = 0
+        for seg in segments:
+            refs.append(ChunkRef(pack_id, seg.length, digest(seg.body), seg.seal_id, pos))
+            pos += len(seg.body)
+        body = b"".join(seg.body for seg in segments)
+        # Random padding, as for a chunk: the object size says little about the files in it.
+        body += crypto.random_bytes(crypto.padme(len(body)) - len(body))
+        self._submit(DATA_PREFIX + pack_id.hex(), body)
+        return refs
+
+    def _submit(self, key: str, body: bytes) -> None:
         self._slots.acquire()
         with self._lock:
-            self._inflight[ref.key] = (None, body)
-            self._inflight[ref.key] = (self._pool.submit(self._put, ref.key, body), body)
-        return ref
+            self._inflight[key] = (None, body)
+            self._inflight[key] = (self._pool.submit(self._put, key, body), body)
 
     def _put(self, key: str, body: bytes) -> None:
         try:
@@ -185,7 +250,7 @@ class ChunkIO:
         self.store.delete(ref.key)
         with self._lock:
             for i in range(nblocks(ref.length, self.block_size)):
-                self._blocks.pop((ref.object_id, i), None)
+                self._blocks.pop((ref.sid, i), None)
 
     def read(self, ref: ChunkRef, start: int, end: int) -> bytes:
         """Plaintext bytes [start, end) of the chunk; end is clamped to ref.length."""
@@ -197,23 +262,27 @@ class ChunkIO:
         blocks: list[bytes | None] = []
         with self._lock:
             for i in span:
-                blocks.append(self._blocks.get((ref.object_id, i)))
+                blocks.append(self._blocks.get((ref.sid, i)))
         missing = [i for i, b in zip(span, blocks, strict=True) if b is None]
         if missing:
             fetched = self._fetch(ref, missing[0], missing[-1])
             with self._lock:
                 for i in range(missing[0], missing[-1] + 1):
-                    self._blocks[(ref.object_id, i)] = fetched[i - missing[0]]
+                    self._blocks[(ref.sid, i)] = fetched[i - missing[0]]
             blocks = [b if b is not None else fetched[i - missing[0]] for i, b in zip(span, blocks, strict=True)]
         data = b"".join(blocks)  # type: ignore[arg-type]
         first = span.start * bs
         return data[start - first:end - first]
 
+    def verify(self, ref: ChunkRef) -> None:
+        """Fetch and authenticate every block of a chunk and check its hash (IntegrityError if not)."""
+        self._fetch(ref, 0, nblocks(ref.length, self.block_size) - 1)
+
     def _fetch(self, ref: ChunkRef, first: int, last: int) -> list[bytes]:
         bs = self.block_size
         total = nblocks(ref.length, bs)
         cbs = crypto.block_ciphertext_len(bs)
-        offset = block_offset(first, bs)
+        offset = ref.offset + block_offset(first, bs)
         last_len = ref.length - (total - 1) * bs
         want = (last - first) * cbs + (crypto.block_ciphertext_len(last_len) if last == total - 1 else cbs)
         with self._lock:
@@ -226,7 +295,12 @@ class ChunkIO:
         if len(raw) != want:
             log.error("integrity: chunk object %s is truncated (%d of %d bytes)", ref.key, len(raw), want)
             raise IntegrityError(f"chunk object {ref.key} is truncated")
-        cipher = crypto.ChunkCipher(self._key, self.vault_id, ref.object_id, total)
+        if ref.digest is not None and first == 0 and last == total - 1 and digest(raw) != ref.digest:
+            # All of the sealed bytes are here: check the hash the metadata pins
+            # (a range read of a big chunk relies on each block's tag alone).
+            log.error("integrity: chunk object %s (at %d) does not match its hash", ref.key, ref.offset)
+            raise IntegrityError(f"chunk object {ref.key} does not match the hash in the metadata")
+        cipher = crypto.ChunkCipher(self._key, self.vault_id, ref.sid, total)
         out = []
         pos = 0
         for i in range(first, last + 1):

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .content import ChunkIO, ChunkRef, chunk_span
+from .content import ChunkIO, ChunkRef, Segment, chunk_span
 from .errors import (
     BadFileHandleError,
     ConflictError,
@@ -60,6 +60,8 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 UTIME_NOW = "now"  # sentinel values for utimens; None means "omit"
 DAY_NS = 86400 * 10**9
+SMALL_FILE = 256 * 1024  # a file no bigger than this is committed as a segment of a pack object
+PACK_CAP = 256 * 1024  # a pack is not rewritten to take more segments past this size (each rewrite copies it)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,6 +109,16 @@ class FileSystem:
         self._dirty_bytes = 0
         self._dirty_cap = max(dirty_cap, 2 * vault.chunk_size)
         self._garbage: list[ChunkRef] = []
+        self._small = min(SMALL_FILE, vault.chunk_size)
+        # The newest pack object, while the batch naming it may still be rewritten
+        # (Journal.fold_key): its segments, kept so a rewrite copies them unchanged.
+        self._pack: list[tuple[int, int, ChunkRef, Segment]] = []
+        # Pack object key -> how many chunk references name it: a pack is garbage at 0.
+        self._pack_refs: dict[str, int] = {}
+        for node in self.ns.inodes.values():
+            for ref in node.chunks.values():
+                if ref.packed:
+                    self._pack_refs[ref.key] = self._pack_refs.get(ref.key, 0) + 1
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._open: dict[int, int] = {}
@@ -155,7 +167,8 @@ class FileSystem:
     def _purge_orphans(self) -> None:
         # Files unlinked while open when the last mount crashed: nobody can open them again.
         for node in [n for n in self.ns.inodes.values() if n.nlink <= 0 and not n.is_dir()]:
-            self._garbage.extend(node.chunks.values())
+            for ref in node.chunks.values():
+                self._discard(ref)
             self.ns.drop(node.ino)
 
     # ------------------------------------------------------------ committing
@@ -167,24 +180,88 @@ class FileSystem:
             self._commit()
 
     def _commit(self, snapshot: bool = False) -> None:
-        for ino in list(self._dirty):
-            node = self.ns.inodes.get(ino)
-            for idx in list(self._dirty.get(ino, ())):
-                self._seal(node, idx)
+        small = [node for ino, chunks in self._dirty.items() if chunks.get(0)
+                 and (node := self.ns.inodes.get(ino)) is not None and node.size <= self._small]
+        claimed = self._claim_fold(snapshot, small)
+        folded = False
         try:
+            self._pack_small(small, fold_pack=len(claimed) == 2, fold_batch=bool(claimed))
+            for ino in list(self._dirty):
+                node = self.ns.inodes.get(ino)
+                for idx in list(self._dirty.get(ino, ())):
+                    self._seal(node, idx)
             self._io.wait_puts()  # a write-back store refuses puts once another writer won (ConflictError)
-            self._journal.commit(self.ns, snapshot)
+            folded = self._journal.commit(self.ns, snapshot, fold=bool(claimed))
         except ConflictError as exc:
             self.read_only = True
             self.last_error = str(exc)
             log.error("%s", exc)
             raise
+        finally:
+            if claimed:
+                # Superseded versions go only once what replaces them is durable;
+                # otherwise they upload as they were (the store stays consistent).
+                store: Any = self.vault.store
+                (store.cancel_claimed if folded else store.unclaim)(claimed)
         garbage, self._garbage = self._garbage, []
         for ref in garbage:
             try:
                 self._io.delete(ref)
             except StoreError as exc:  # an orphan costs space, not correctness
                 log.warning("could not delete unreferenced object %s: %s", ref.key, exc)
+
+    def _claim_fold(self, snapshot: bool, small: list[Inode]) -> list[str]:
+        """Claim the queued newest batch (and pack) so this commit rewrites them instead of adding objects."""
+        key = None if snapshot else self._journal.fold_key()
+        if key is None:
+            return []
+        store: Any = self.vault.store
+        if not store.claim([key]):
+            return []
+        keys = [key]
+        if small and self._pack:
+            # The pack may have uploaded already (no batch was waiting when it was
+            # queued): then only the batch is rewritten, with a new pack beside it.
+            size = sum(len(seg.body) for *_, seg in self._pack) + sum(n.size for n in small)
+            if size <= PACK_CAP and store.claim([self._pack[0][2].key]):
+                keys.append(self._pack[0][2].key)
+        return keys
+
+    def _pack_small(self, small: list[Inode], fold_pack: bool, fold_batch: bool) -> None:
+        """Seal small files' buffers as segments of one new pack object (with the newest pack's live ones)."""
+        if not fold_batch:
+            # The batch naming the newest pack is final now, so that pack is too.
+            self._pack = []
+        if not small:
+            return
+        rewritten = {node.ino for node in small}
+        carry = [(ino, idx, ref, seg) for ino, idx, ref, seg in self._pack if fold_pack and ino not in rewritten
+                 and (node := self.ns.inodes.get(ino)) is not None and node.chunks.get(idx) is ref]
+        new = []
+        for node in small:
+            buf = self._dirty[node.ino][0]
+            new.append((node.ino, 0, None, self._io.seal_segment(bytes(buf[:node.size]))))
+        refs = self._io.write_pack([seg for *_, seg in carry + new])  # may raise: buffers stay dirty
+        if fold_pack and self._pack:
+            # Cancelled with the batch, never uploaded: no reference and no delete left for it.
+            self._pack_refs.pop(self._pack[0][2].key, None)
+        self._pack_refs[refs[0].key] = len(refs)
+        members = []
+        for (ino, idx, _, seg), ref in zip(carry + new, refs, strict=True):
+            members.append((ino, idx, ref, seg))
+            node = self.ns.inodes[ino]
+            chunks = self._dirty.get(ino)
+            if chunks is not None and idx in chunks:
+                self._dirty_bytes -= len(chunks.pop(idx))
+                self._dirty_order.pop((ino, idx), None)
+                if not chunks:
+                    del self._dirty[ino]
+            old = node.chunks.get(idx)
+            node.chunks[idx] = ref
+            if old is not None and old.sid != ref.sid:
+                self._discard(old)  # for a carried segment, its old pack is cancelled as a whole
+            self.ns.touch(node)
+        self._pack = members
 
     def _seal(self, node: Inode | None, idx: int) -> None:
         chunks = self._dirty.get(node.ino) if node is not None else None
@@ -210,6 +287,17 @@ class FileSystem:
 
     def _discard(self, ref: ChunkRef) -> None:
         # Never committed: gone now. Committed: deleted once a batch without it is stored.
+        # A pack segment shares its object with other files: a rewrite of the
+        # pack drops it, or gc deletes the pack once no segment is referenced.
+        if ref.packed:
+            left = self._pack_refs.get(ref.key, 0) - 1
+            if left > 0:
+                self._pack_refs[ref.key] = left
+                return
+            self._pack_refs.pop(ref.key, None)
+            if self._pack and self._pack[0][2].key == ref.key:
+                self._pack = []  # nothing in it to carry into a rewrite
+            ref = ChunkRef(ref.object_id, 0)  # the whole object goes, once a batch without it is stored
         if not self._io.abandon(ref):
             self._garbage.append(ref)
 

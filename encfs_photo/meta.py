@@ -37,6 +37,7 @@ FLOOR_KEY = "journal-floor"  # names the lowest batch kept after pruning (FORMAT
 MISS_LIMIT = 100_000  # consecutive seqs without a listed name before a head-finding scan gives up
 ROOT_INO = 1
 SNAPSHOT_EVERY = 256  # batches between snapshots, so opening replays a bounded tail
+FOLD_MAX = 32 * 1024  # a batch this big is not rewritten again: each fold re-encrypts the whole batch
 _ZERO_HASH = bytes(32)
 
 
@@ -52,6 +53,30 @@ def _name_to_str(name: bytes) -> str:
 
 def _str_to_name(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
+
+
+def _ref_to_record(idx: int, ref: ChunkRef) -> list:
+    rec: list = [idx, ref.object_id.hex(), ref.length]
+    if ref.digest is not None:
+        rec.append(ref.digest.hex())
+        if ref.seal_id is not None:
+            rec += [ref.seal_id.hex(), ref.offset]
+    return rec
+
+
+def _ref_from_record(rec: list) -> tuple[int, ChunkRef]:
+    """``[index, object, L]`` (older records), ``+ [digest]`` (a chunk object), ``+ [digest, seal id, offset]``
+    (a segment of a pack object); FORMAT.md 7.3."""
+    if len(rec) not in (3, 4, 6):
+        raise ValueError(f"chunk reference of {len(rec)} fields")
+    idx, obj, length = int(rec[0]), bytes.fromhex(rec[1]), int(rec[2])
+    dig = bytes.fromhex(rec[3]) if len(rec) > 3 else None
+    seal = bytes.fromhex(rec[4]) if len(rec) > 4 else None
+    offset = int(rec[5]) if len(rec) > 4 else 0
+    if len(obj) != 16 or length < 0 or offset < 0 or (dig is not None and len(dig) != 16) or (
+            seal is not None and len(seal) != 16):
+        raise ValueError("malformed chunk reference")
+    return idx, ChunkRef(obj, length, dig, seal, offset)
 
 
 class Inode:
@@ -85,7 +110,7 @@ class Inode:
         if self.target is not None:
             r["l"] = _name_to_str(self.target)
         if self.chunks:
-            r["k"] = [[i, ref.object_id.hex(), ref.length] for i, ref in sorted(self.chunks.items())]
+            r["k"] = [_ref_to_record(i, ref) for i, ref in sorted(self.chunks.items())]
         if self.xattrs:
             r["x"] = [[_name_to_str(k), base64.b64encode(v).decode()] for k, v in self.xattrs.items()]
         if self.children is not None:
@@ -101,7 +126,7 @@ class Inode:
         node.rdev = int(r.get("r", 0))
         if "l" in r:
             node.target = _str_to_name(r["l"])
-        node.chunks = {int(i): ChunkRef(bytes.fromhex(h), int(n)) for i, h, n in r.get("k", ())}
+        node.chunks = dict(_ref_from_record(k) for k in r.get("k", ()))
         node.xattrs = {_str_to_name(k): base64.b64decode(v) for k, v in r.get("x", ())}
         if node.children is not None:
             node.parent = int(r.get("p", 0))
@@ -148,6 +173,37 @@ class Namespace:
         return bool(self.dirty or self.gone or self.dents)
 
 
+class _OpenBatch:
+    """The newest delta while its queued put may still be superseded: what it covers, to rewrite it whole."""
+
+    __slots__ = ("seq", "prev", "records", "gone", "dents", "size")
+
+    def __init__(self, seq: int, prev: bytes, ns: Namespace, size: int) -> None:
+        self.seq = seq
+        self.prev = prev  # hash of batch seq - 1: every version of this batch chains to it
+        self.records: dict[int, str] = {}  # inode -> its record as JSON: a fold re-encodes only what changed
+        self.gone: set[int] = set()
+        self.dents: dict[tuple[int, bytes], int | None] = {}
+        self.size = size
+        self.add(ns)
+
+    def add(self, ns: Namespace) -> None:
+        for ino in ns.dirty:
+            if ino in ns.inodes:
+                self.records[ino] = json.dumps(ns.inodes[ino].to_record(), separators=(",", ":"))
+        for ino in ns.gone:
+            self.records.pop(ino, None)
+        self.gone |= ns.gone
+        self.dents.update(ns.dents)
+
+    def payload(self, next_ino: int) -> bytes:
+        head = json.dumps({"v": 1, "seq": self.seq, "prev": self.prev.hex(), "kind": "delta", "next_ino": next_ino},
+                          separators=(",", ":"))
+        dents = json.dumps([[d, _name_to_str(n), i] for (d, n), i in self.dents.items()], separators=(",", ":"))
+        return (f'{head[:-1]},"inodes":[{",".join(self.records.values())}],'
+                f'"gone":{json.dumps(sorted(self.gone))},"dents":{dents}}}').encode()
+
+
 class Journal:
     """Reads and appends the batch chain of one vault."""
 
@@ -167,6 +223,11 @@ class Journal:
         # response), so the retry must send these very bytes, never a new
         # encryption of the same sequence number.
         self._unacked: tuple[int, bytes, bool] | None = None
+        # On a write-back store a delta still queued (not uploading) can be
+        # rewritten to cover later changes too (DESIGN.md "Small files"), so an
+        # import of many small files costs one batch PUT per upload window.
+        self.foldable = callable(getattr(store, "claim", None))
+        self._open: _OpenBatch | None = None
 
     def _key(self, seq: int) -> str:
         return JOURNAL_PREFIX + crypto.journal_name(self._names_key, seq)
@@ -390,18 +451,49 @@ class Journal:
                 raise ConflictError("another writer appended to this vault's journal; this mount is now "
                                     "read-only to avoid clobbering it") from None
 
-    def _advance(self, seq: int, blob: bytes, snapshot: bool) -> None:
+    def _advance(self, seq: int, blob: bytes, snapshot: bool, folded: bool = False) -> None:
         self.seq = seq
         self.prev = crypto.sha256(blob)
-        self.since_snapshot = 0 if snapshot else self.since_snapshot + 1
+        if not folded:
+            self.since_snapshot = 0 if snapshot else self.since_snapshot + 1
         if self.guard is not None:
+            # A batch that may still be rewritten is not remembered by its own
+            # hash (a kill -9 between the rewrite and this record would make the
+            # next open see "history rewritten"): its predecessor, which every
+            # version chains to, is.
+            mark = (seq - 1, self._open.prev) if self._open is not None else (seq, self.prev)
             try:
-                self.guard.record(seq, self.prev)
+                self.guard.record(*mark)
             except OSError as exc:  # the batch is stored; only rollback detection is weaker
                 log.warning("could not record the journal head on this device: %s", exc)
 
-    def commit(self, ns: Namespace, snapshot: bool = False) -> bool:
-        """Append the pending changes (or a full snapshot) as the next batch."""
+    def fold_key(self) -> str | None:
+        """The key of the newest batch if the next commit may rewrite it (the caller claims it first)."""
+        o = self._open
+        if (o is None or self._unacked is not None or o.size >= FOLD_MAX or o.seq != self.seq
+                or self.since_snapshot >= SNAPSHOT_EVERY):
+            return None
+        return self._key(o.seq)
+
+    def close_fold(self) -> None:
+        """The newest batch is final from now on (it is uploading, or the store was synced)."""
+        if self._open is not None:
+            self._open = None
+            if self.guard is not None and self.seq >= 0:
+                try:
+                    self.guard.record(self.seq, self.prev)
+                except OSError as exc:
+                    log.warning("could not record the journal head on this device: %s", exc)
+
+    def commit(self, ns: Namespace, snapshot: bool = False, fold: bool = False) -> bool:
+        """Append the pending changes (or a full snapshot) as the next batch.
+
+        ``fold``: the caller claimed ``fold_key()`` in the store; the newest
+        batch is rewritten (same seq, same ``prev``) to cover these changes too,
+        and the caller cancels the claimed version once this returns True.
+        """
+        if fold:
+            return self._fold(ns)
         if self._unacked is not None:
             # Its changes are still pending in ns as well: storing the same
             # upserts again in the next batch is harmless (they are idempotent).
@@ -434,7 +526,31 @@ class Journal:
         except Exception:
             self._unacked = (seq, blob, snapshot)
             raise
+        self._open = _OpenBatch(seq, self.prev, ns, len(blob)) if self.foldable and not snapshot else None
         self._advance(seq, blob, snapshot)
+        ns.dirty.clear()
+        ns.gone.clear()
+        ns.dents.clear()
+        return True
+
+    def _fold(self, ns: Namespace) -> bool:
+        o = self._open
+        assert o is not None and o.seq == self.seq, "fold without an open batch"
+        if not ns.pending():
+            return False
+        undo = (dict(o.records), set(o.gone), dict(o.dents))
+        o.add(ns)
+        blob = crypto.seal_blob(crypto.journal_key(self._meta_key, o.seq),
+                                crypto.journal_aad(self.vault_id, o.seq), o.payload(ns.next_ino))
+        try:
+            # The claimed version stays queued until the caller cancels it; a
+            # failure leaves it as the batch and every change still pending in ns.
+            self._store_batch(o.seq, blob)
+        except BaseException:
+            o.records, o.gone, o.dents = undo
+            raise
+        o.size = len(blob)
+        self._advance(o.seq, blob, False, folded=True)
         ns.dirty.clear()
         ns.gone.clear()
         ns.dents.clear()

@@ -43,6 +43,7 @@ class GatedMotoServer:
         self.refuse_puts = threading.Event()
         self.put_delay = 0.0  # seconds added to every object PUT: a slow link
         self.puts = 0
+        self.put_keys: list[str] = []  # the key under the vault prefix of every object PUT, in order
         self.refused = 0
         app = DomainDispatcherApplication(create_backend_app)
 
@@ -50,6 +51,7 @@ class GatedMotoServer:
             path = environ.get("PATH_INFO", "")
             if environ["REQUEST_METHOD"] == "PUT" and path.strip("/").count("/") >= 1:
                 self.puts += 1
+                self.put_keys.append(path.strip("/").split("/", 2)[-1])
                 if self.put_delay:
                     time.sleep(self.put_delay)
                 if self.refuse_puts.is_set():

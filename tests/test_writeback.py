@@ -779,7 +779,7 @@ def test_cache_folder_holds_no_plaintext(tmp_path):
             wb.leave_queued()
         wb.close(wait=True)
         where = "clean" if drained else "pending"
-        assert len(files_in(cache / where)) > 5, where
+        assert len(files_in(cache / where)) >= 3, where  # small files are packed: few objects
         assert scan(str(cache), {"marker": MARKER}) == []
         assert scan(str(cache), {"passphrase": PW.encode()}) == []
 

@@ -95,6 +95,9 @@ DEFAULT_UPLOAD_THREADS = 4
 RETRY_INITIAL = 0.5
 RETRY_MAX = 60.0
 RATE_WINDOW = 20.0  # seconds of uploads the reported rate averages over
+# Puts wait this long before uploading (unless a wait for uploads forces them), so
+# that a commit can still supersede them (claim/cancel_claimed): one PUT per window.
+WRITE_BACK_DELAY = float(os.environ.get("ENCFS_PHOTO_WRITE_BACK_DELAY", "1.0"))
 
 PUT, COND, DELETE = "P", "C", "D"
 # What an offline mount needs to open the vault; copies live in <cache dir>/meta/.
@@ -136,7 +139,7 @@ def _one_line(exc: BaseException) -> str:
 class _Entry:
     """One queued operation: a file in pending/ (empty for a delete)."""
 
-    __slots__ = ("seq", "op", "key", "size", "name", "inflight", "barrier")
+    __slots__ = ("seq", "op", "key", "size", "name", "inflight", "barrier", "claimed", "ready_at")
 
     def __init__(self, seq: int, op: str, key: str, size: int) -> None:
         self.seq = seq
@@ -145,6 +148,8 @@ class _Entry:
         self.size = size
         self.name = f"{seq:016d}-{op}-{key_to_name(key)}"
         self.inflight = False
+        self.claimed = False  # claim(): a commit may supersede it, so it must not start uploading
+        self.ready_at = 0.0  # monotonic time before which the uploader leaves it (write-back delay)
         # Only plain data puts may go in parallel; anything else waits for all before it.
         self.barrier = op == COND or (op == PUT and not key.startswith("data/"))
 
@@ -155,7 +160,7 @@ class WriteBackStore:
     def __init__(self, inner: ObjectStore, cache_dir: str, cache_size: int = DEFAULT_CACHE_SIZE, *,
                  dirty_size: int | None = None, upload_threads: int = DEFAULT_UPLOAD_THREADS,
                  owner: str | None = None, retry_initial: float = RETRY_INITIAL, retry_max: float = RETRY_MAX,
-                 start: bool = True) -> None:
+                 start: bool = True, write_back_delay: float = WRITE_BACK_DELAY) -> None:
         self.inner = inner
         self.capabilities = inner.capabilities
         self.cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
@@ -164,6 +169,10 @@ class WriteBackStore:
         self.upload_threads = max(1, min(upload_threads, inner.capabilities.max_connections or upload_threads))
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.write_back_delay = write_back_delay
+        self._force_below = 0  # entries with a lower seq upload at once: someone waits for them
+        self._claimed: dict[str, _Entry] = {}  # key -> the queued entry claim() reserved
+        self._next_ready: float | None = None  # when the earliest delayed entry becomes due
         self._pending_dir = os.path.join(self.cache_dir, "pending")
         self._clean = CleanCache(os.path.join(self.cache_dir, "clean"))
         self._lock = threading.Lock()
@@ -282,7 +291,13 @@ class WriteBackStore:
             size = 0 if m.group(2) == DELETE else os.stat(path).st_size
             found.append((int(m.group(1)), m.group(2), key, size))
         found.sort()
+        newest_cond = {key: seq for seq, op, key, _ in found if op == COND}
         for seq, op, key, size in found:
+            if op == COND and newest_cond[key] != seq:
+                # A crash between storing a superseding version and cancelling the
+                # claimed one (cancel_claimed): only the newest was ever acknowledged.
+                os.unlink(os.path.join(self._pending_dir, f"{seq:016d}-{op}-{key_to_name(key)}"))
+                continue
             self._add_locked(_Entry(seq, op, key, size))
         self._seq = found[-1][0] + 1 if found else 0
         if found:
@@ -457,7 +472,7 @@ class WriteBackStore:
         size = len(data)
         with self._cond:
             self._check_writable()
-            if if_none_match and self._exists_locally(key):
+            if if_none_match and self._exists_locally(key) and key not in self._claimed:
                 raise PreconditionFailedError(f"{key} exists (another writer?)")
             self._reserve_locked(size)
         tmp = os.path.join(self._pending_dir, TMP_PREFIX + os.urandom(8).hex())
@@ -466,9 +481,13 @@ class WriteBackStore:
             with self._cond:
                 try:
                     self._check_writable()
-                    if if_none_match and self._exists_locally(key):
+                    if if_none_match and self._exists_locally(key) and key not in self._claimed:
                         raise PreconditionFailedError(f"{key} exists (another writer?)")
                     e = _Entry(self._seq, COND if if_none_match else PUT, key, size)
+                    claimed = self._claimed.get(key)
+                    # A superseding version keeps the window of the one it replaces:
+                    # uploads lag writes by one delay, not by a whole import.
+                    e.ready_at = claimed.ready_at if claimed else time.monotonic() + self.write_back_delay
                     os.rename(tmp, self._path(e))
                 except BaseException:
                     try:
@@ -490,6 +509,50 @@ class WriteBackStore:
             raise
         if durable:
             self.flush()  # the folder entry, and every earlier deferred put with it
+
+    # ------------------------------------------------------------ superseding queued puts
+
+    def claim(self, keys: list[str]) -> bool:
+        """Reserve the queued puts of ``keys`` so that a commit can supersede them; False if any cannot be.
+
+        A put can be superseded only while it has not started uploading. Claimed
+        entries stay queued (and block what a barrier blocks) until
+        ``cancel_claimed`` drops them or ``unclaim`` hands them back."""
+        with self._cond:
+            entries = [self._latest.get(k) for k in keys]
+            now = time.monotonic()
+            # Not once it is due: folding into a put that waits for uploads ahead
+            # of it could go on for ever; and not when someone waits for it (a
+            # sync must not return while its changes move to a later entry).
+            if any(e is None or e.op == DELETE or e.inflight or e.claimed or self._count[e.key] != 1
+                   or e.ready_at <= now or e.seq < self._force_below for e in entries):
+                return False
+            for e in entries:
+                e.claimed = True  # type: ignore[union-attr]
+                self._claimed[e.key] = e  # type: ignore[union-attr]
+            return True
+
+    def unclaim(self, keys: list[str]) -> None:
+        with self._cond:
+            for k in keys:
+                e = self._claimed.pop(k, None)
+                if e is not None:
+                    e.claimed = False
+            self._cond.notify_all()
+
+    def cancel_claimed(self, keys: list[str]) -> None:
+        """Drop claimed puts that never left this machine: what superseded them is queued and durable."""
+        with self._cond:
+            for k in keys:
+                e = self._claimed.pop(k, None)
+                if e is None:
+                    continue
+                self._remove_locked(e)  # a superseding put of the same key stays the newest entry
+                try:
+                    os.unlink(self._path(e))
+                except FileNotFoundError:
+                    pass
+            self._cond.notify_all()
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         return self.inner.get_versioned(key)  # a live coordination object: never from the cache
@@ -749,8 +812,22 @@ class WriteBackStore:
         earlier_any = False
         earlier_put = False
         seen: set[str] = set()
+        now = time.monotonic()
+        self._next_ready = None
+        force = self._waiting_writers > 0
+
+        def young(e: _Entry) -> bool:
+            return e.ready_at > now and e.seq >= self._force_below and not force
+
+        # While a journal batch waits out the write-back delay (or is claimed),
+        # young puts wait too: the batch that will name them is not going yet,
+        # and a commit may still supersede them (a pack rewritten with more files).
+        batch_waits = any(e.claimed or (young(e) and e.key.startswith("journal/")) for e in self._queue.values())
         for e in self._queue.values():
-            if not e.inflight and e.key not in seen and (self._held is None or (e.op == PUT and not e.barrier)):
+            if e.claimed or (batch_waits and young(e)):
+                if not e.claimed and (self._next_ready is None or e.ready_at < self._next_ready):
+                    self._next_ready = e.ready_at  # wake up when it is due
+            elif not e.inflight and e.key not in seen and (self._held is None or (e.op == PUT and not e.barrier)):
                 if e.op == DELETE:
                     if not earlier_put:
                         return e
@@ -771,7 +848,8 @@ class WriteBackStore:
                         e.inflight = True
                         self._inflight += 1
                         return e
-                    self._cond.wait()
+                    self._cond.wait(None if self._next_ready is None
+                                    else max(0.01, self._next_ready - time.monotonic()))
                 else:
                     self._cond.wait(wait)
             else:
@@ -895,6 +973,9 @@ class WriteBackStore:
             if self._queue:
                 self._start_locked()
             target = self._seq
+            if target > self._force_below:
+                self._force_below = target  # whoever waits does not wait out the write-back delay
+                self._cond.notify_all()
             while True:
                 if self._conflict is not None:
                     raise ConflictError(self._conflict)
