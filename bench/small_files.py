@@ -56,12 +56,12 @@ def main() -> None:
     else:
         store = f"{base}/store"
     subprocess.run(cli + ["init", store, "--password-file", f"{base}/pw", "--no-recovery-key", *extra],
-                   env=env, check=True, capture_output=True)
+                   env=env, check=True, capture_output=True, cwd=base)
     mnt = f"{base}/mnt"
     os.mkdir(mnt)
     mount_extra = ["--cache-dir", f"{base}/cache"] if args.store == "s3" else []
     proc = subprocess.Popen(cli + ["mount", store, mnt, "--foreground", "--password-file", f"{base}/pw", *extra,
-                                   *mount_extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   *mount_extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base)
     try:
         while not os.path.ismount(mnt):
             if proc.poll() is not None:
@@ -75,14 +75,14 @@ def main() -> None:
             with open(f"{mnt}/xmp/IMG_{i:05d}.xmp", "wb") as f:
                 f.write(data[i])
         t_closed = time.monotonic() - t0
-        subprocess.run(cli + ["sync", mnt], env=env, check=True, capture_output=True)
+        subprocess.run(cli + ["sync", mnt], env=env, check=True, capture_output=True, cwd=base)
         t_synced = time.monotonic() - t0
         n_data = sum("/data/" in p for p in puts[first:])
         n_journal = sum("/journal/" in p for p in puts[first:])
         print(f"{args.store}: {args.n} files: closed at {args.n / t_closed:.0f} files/s, "
               f"synced at {args.n / t_synced:.0f} files/s, PUTs: data {n_data}, journal {n_journal}")
     finally:
-        subprocess.run(cli + ["unmount", mnt], env=env, capture_output=True)
+        subprocess.run(cli + ["unmount", mnt], env=env, capture_output=True, cwd=base)
         proc.wait(timeout=120)
 
 
