@@ -82,6 +82,16 @@ def check_name(name: bytes) -> None:
         raise InvalidError("invalid file name")
 
 
+def pack_refs(ns: Namespace) -> dict[str, int]:
+    """Pack object key -> how many chunk references name it: a pack is garbage at 0."""
+    counts: dict[str, int] = {}
+    for node in ns.inodes.values():
+        for ref in node.chunks.values():
+            if ref.packed:
+                counts[ref.key] = counts.get(ref.key, 0) + 1
+    return counts
+
+
 class Handle:
     __slots__ = ("node", "flags", "writable")
 
@@ -113,12 +123,7 @@ class FileSystem:
         # The newest pack object, while the batch naming it may still be rewritten
         # (Journal.fold_key): its segments, kept so a rewrite copies them unchanged.
         self._pack: list[tuple[int, int, ChunkRef, Segment]] = []
-        # Pack object key -> how many chunk references name it: a pack is garbage at 0.
-        self._pack_refs: dict[str, int] = {}
-        for node in self.ns.inodes.values():
-            for ref in node.chunks.values():
-                if ref.packed:
-                    self._pack_refs[ref.key] = self._pack_refs.get(ref.key, 0) + 1
+        self._pack_refs = pack_refs(self.ns)
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._open: dict[int, int] = {}
@@ -290,7 +295,9 @@ class FileSystem:
         # A pack segment shares its object with other files: a rewrite of the
         # pack drops it, or gc deletes the pack once no segment is referenced.
         if ref.packed:
-            left = self._pack_refs.get(ref.key, 0) - 1
+            if ref.key not in self._pack_refs:
+                return  # not counted (a namespace taken in from elsewhere): only gc may judge it
+            left = self._pack_refs[ref.key] - 1
             if left > 0:
                 self._pack_refs[ref.key] = left
                 return
@@ -860,6 +867,7 @@ class FileSystem:
             if self._journal is not cur:  # closed (unmounted) meanwhile
                 return False
             self._journal, self.ns = fresh, ns
+            self._pack_refs = pack_refs(ns)
         return True
 
     def status(self) -> dict[str, Any]:

@@ -424,3 +424,20 @@ def test_old_records_without_hashes_still_read(tmp_path):
     with pytest.raises(ValueError):
         Inode.from_record({**node.to_record(), "k": [[0, "ab" * 16, 3, "cd" * 16, "ef" * 16]]})
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_pack_lives_while_any_file_in_it_does_across_remounts(packed):
+    """Reference counts are rebuilt at open: deleting some files of a pack keeps it; the last one frees it."""
+    root, files, refs = packed
+    pack = refs[b"/s0"].key
+    fs = FileSystem(vault.open_vault(LocalStore(root), passphrase=PW))
+    for i in range(3):
+        fs.unlink(ROOT_INO, b"s%d" % i)
+    fs.sync()
+    assert LocalStore(root).exists(pack)
+    assert read_path(fs, b"/s3") == files[b"/s3"]
+    fs.unlink(ROOT_INO, b"s3")
+    fs.sync()
+    fs.close()
+    assert not LocalStore(root).exists(pack)
+    assert reads(root, {p: d for p, d in files.items() if p in (b"/s4", b"/s5")}) == {b"/s4": "ok", b"/s5": "ok"}
