@@ -61,7 +61,8 @@ def main() -> None:
     os.mkdir(mnt)
     mount_extra = ["--cache-dir", f"{base}/cache"] if args.store == "s3" else []
     proc = subprocess.Popen(cli + ["mount", store, mnt, "--foreground", "--password-file", f"{base}/pw", *extra,
-                                   *mount_extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base)
+                                   *mount_extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base)
     try:
         while not os.path.ismount(mnt):
             if proc.poll() is not None:

@@ -407,6 +407,9 @@ class Journal:
             batch = json.loads(payload)
             if batch["v"] != 1 or batch["seq"] != seq or batch["kind"] not in ("snapshot", "delta"):
                 raise ValueError("bad header")
+            prev = batch["prev"]
+            if not isinstance(prev, str) or len(prev) != 64 or set(prev) - set("0123456789abcdef"):
+                raise ValueError("bad prev")
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"journal batch {seq}: unreadable ({exc})") from None
         return batch
@@ -433,7 +436,7 @@ class Journal:
                 else:
                     parent.children[_str_to_name(name)] = int(ino)
             ns.next_ino = max(ns.next_ino, int(batch["next_ino"]))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise IntegrityError(f"journal batch {batch.get('seq')}: malformed ({exc})") from None
 
     # ---- writing

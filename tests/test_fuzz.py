@@ -203,14 +203,6 @@ def test_open_vault_with_fuzzed_slot(fv, how, ops):
 # ------------------------------------------------------------------ journal batches
 
 
-# Found by these fuzzers in meta.py (owned by another engineer, not changed here): Journal.load calls
-# bytes.fromhex(batch["prev"]) unchecked (TypeError/ValueError/KeyError for a non-hex or missing prev), and
-# Journal._apply does not catch AttributeError (a name that is not a string: _str_to_name) or OverflowError
-# (int(Infinity), a mode past 2**63 in S_ISDIR). Strict: once meta.py is fixed these pass, and the marks go.
-META_PARSER_BUG = pytest.mark.xfail(strict=True, reason="meta.py: unchecked batch 'prev'; _apply lets "
-                                    "AttributeError/OverflowError out (see comment above)")
-
-
 def journal_store(batches: dict[int, bytes], floor: bytes | None = None) -> MemoryStore:
     store = MemoryStore()
     for seq, blob in batches.items():
@@ -282,7 +274,6 @@ def test_open_blob_sealed_garbage_frame(framed):
         assert out == zlib.decompress(framed[4:4 + n])
 
 
-@META_PARSER_BUG
 @FUZZ
 @given(edits)
 def test_journal_mutated_json_payload(ops):
@@ -294,14 +285,12 @@ BATCH_FIELDS = ["v", "seq", "prev", "kind", "next_ino", "inodes", "gone", "dents
 RECORD_FIELDS = ["i", "m", "u", "g", "n", "s", "a", "t", "c", "r", "l", "k", "x", "p"]
 
 
-@META_PARSER_BUG
 @FUZZ
 @given(st.sampled_from(BATCH_FIELDS), json_values)
 def test_journal_batch_field_replaced(field, value):
     load(journal_store({0: seal(0, json.dumps(good_batch(**{field: value})).encode())}))
 
 
-@META_PARSER_BUG
 @FUZZ
 @given(st.sampled_from(RECORD_FIELDS), json_values)
 def test_journal_inode_record_field_replaced(field, value):
