@@ -79,6 +79,12 @@ def check(vault: Vault, read_data: bool = False, progress: Callable[[int], None]
                 if size != want if not ref.packed else size < want:
                     report.problems.append(f"{name}: chunk {idx} object {ref.key} has {size} bytes, expected {want}")
                     continue
+                # A pack may hold dead segments past the live ones, so its exact size is not known
+                # from the references; but a writer always pads it to a Padmé size.
+                if ref.packed and crypto.padme(size) != size:
+                    report.problems.append(f"{name}: chunk {idx} pack {ref.key} has {size} bytes, "
+                                           "not a size a writer pads to (cut or extended)")
+                    continue
                 if read_data:
                     io.verify(ref)  # every block, and the hash of all of them
                     report.bytes_checked += ref.length

@@ -182,7 +182,8 @@ def test_sizes_are_padme_buckets(tmp_path):
     store = LocalStore(str(tmp_path / "store"))
     vault.create(store, PW, with_recovery=False)
     fs = FileSystem(vault.open_vault(store, passphrase=PW))
-    lengths = [100_001, 100_050, 101_000, 1_000_003, 1_000_500, 1_010_000]
+    # Above the pack threshold (256 KiB): each file is one chunk object of its own.
+    lengths = [300_001, 300_050, 301_000, 1_000_003, 1_000_500, 1_010_000]
     for i, n in enumerate(lengths):
         ino, fh = fs.create(ROOT_INO, b"f%d" % i, 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
         fs.write(fh, 0, os.urandom(n))
