@@ -23,6 +23,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.config import Config
 from conftest import EXIT_TIMEOUT, MOUNT_TIMEOUT, PASSPHRASE, fuse_unmount, is_mounted, stop_pid, tree_digest
 from test_leak import encodings
 
@@ -115,7 +116,11 @@ class S3Vault:
         self.server = server
         self.bucket = f"photos-{os.urandom(3).hex()}"
         self.url = f"s3://{self.bucket}/vault"
-        self.client = boto3.client("s3", endpoint_url=server.endpoint)
+        # The daemons get one attempt per call (AWS_MAX_ATTEMPTS above); the test's own look behind the
+        # mount retries, so a connection dropped by the loaded test server does not fail a test about the mount.
+        self.client = boto3.client("s3", endpoint_url=server.endpoint,
+                                   config=Config(retries={"total_max_attempts": 6, "mode": "standard"},
+                                                 connect_timeout=10, read_timeout=60))
         self.client.create_bucket(Bucket=self.bucket)
         self.mnt = base / "mnt"
         self.mnt.mkdir()
