@@ -274,6 +274,17 @@ class ChunkIO:
         first = span.start * bs
         return data[start - first:end - first]
 
+    def prefetch(self, refs: list[ChunkRef]) -> None:
+        """Tell the store that these chunks will be read soon (a store that cannot use the hint has no
+        ``prefetch``: a local folder is read ahead by the kernel)."""
+        hint = getattr(self.store, "prefetch", None)
+        if hint is None:
+            return
+        with self._lock:
+            keys = [r.key for r in refs if (r.sid, 0) not in self._blocks and r.key not in self._inflight]
+        if keys:
+            hint(keys)
+
     def verify(self, ref: ChunkRef) -> None:
         """Fetch and authenticate every block of a chunk and check its hash (IntegrityError if not)."""
         self._fetch(ref, 0, nblocks(ref.length, self.block_size) - 1)

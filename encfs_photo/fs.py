@@ -61,6 +61,7 @@ RENAME_EXCHANGE = 2
 UTIME_NOW = "now"  # sentinel values for utimens; None means "omit"
 DAY_NS = 86400 * 10**9
 SMALL_FILE = 256 * 1024  # a file no bigger than this is committed as a segment of a pack object
+READ_AHEAD_CHUNKS = 4  # chunks a sequential reader asks the store for ahead of itself (16 MiB at 4 MiB)
 PACK_CAP = 256 * 1024  # a pack is not rewritten to take more segments past this size (each rewrite copies it)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,12 +94,13 @@ def pack_refs(ns: Namespace) -> dict[str, int]:
 
 
 class Handle:
-    __slots__ = ("node", "flags", "writable")
+    __slots__ = ("node", "flags", "writable", "read_end")
 
     def __init__(self, node: Inode, flags: int) -> None:
         self.node = node
         self.flags = flags
         self.writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        self.read_end = -1  # where the last read through this handle ended: the next sequential offset
 
 
 class FileSystem:
@@ -741,7 +743,8 @@ class FileSystem:
 
     @locked
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        node = self._handle(fh).node
+        h = self._handle(fh)
+        node = h.node
         end = min(offset + size, node.size)
         if offset < 0:
             raise InvalidError()
@@ -749,6 +752,9 @@ class FileSystem:
             return b""
         cs = self.chunk_size
         dirty = self._dirty.get(node.ino, {})
+        if offset > 0 and offset == h.read_end:
+            self._read_ahead(node, dirty, (end - 1) // cs)
+        h.read_end = end
         parts = []
         for idx in chunk_span(offset, end - offset, cs):
             base = idx * cs
@@ -766,6 +772,16 @@ class FileSystem:
             node.atime = now_ns()  # relatime: cheap, and what mail readers and backup tools expect
             self.ns.touch(node)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_ahead(self, node: Inode, dirty: dict[int, bytearray], idx: int) -> None:
+        # A second read that continues the first is a sequential reader (a copy,
+        # an import, video playback): ask for the next chunks now, so a store
+        # behind a network fetches them while this one is being read. A header
+        # scan (one read) or random reads never get here.
+        refs = [ref for i in range(idx + 1, idx + 1 + READ_AHEAD_CHUNKS)
+                if i not in dirty and (ref := node.chunks.get(i)) is not None]
+        if refs:
+            self._io.prefetch(refs)
 
     @locked
     def write(self, fh: int, offset: int, data: bytes) -> int:

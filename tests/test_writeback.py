@@ -891,3 +891,111 @@ def test_kill_9_at_random_points_bucket_always_consistent_nothing_synced_lost(tm
     finally:
         fs.close()
     assert check(vault.open_vault(LocalStore(bucket), passphrase="pw"), read_data=True).problems == []
+
+
+# ------------------------------------------------------------------ read-ahead
+
+
+class CountingStore(GatedStore):
+    """A GatedStore that records every get, and whose whole-object gets of data keys wait for ``get_gate``."""
+
+    def __init__(self, inner: MemoryStore | None = None) -> None:
+        super().__init__(inner)
+        self.gets: list[tuple[str, int, int | None]] = []
+        self.get_gate = threading.Event()
+        self.get_gate.set()
+
+    def get(self, key, offset=0, length=None):
+        with self._lock:
+            self.gets.append((key, offset, length))
+        if key.startswith("data/") and length is None:
+            self.get_gate.wait(timeout=30)
+        return self.inner.get(key, offset, length)
+
+
+def test_prefetch_fills_the_clean_cache_off_the_caller_and_a_reader_waits_for_it(wbs):
+    inner = CountingStore()
+    objs = {dkey(i): os.urandom(MiB + i) for i in range(3)}
+    for k, v in objs.items():
+        inner.inner.put(k, v)
+    wb = wbs(inner)
+    inner.get_gate.clear()  # the read-ahead threads block inside their GETs
+    wb.prefetch(list(objs))
+    wb.prefetch(list(objs))  # asked twice: fetched once
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(wb.get(dkey(1), 10, 100)))
+    reader.start()
+    time.sleep(0.2)
+    assert reader.is_alive()  # waits for the GET in flight instead of a second one
+    inner.get_gate.set()
+    reader.join(timeout=30)
+    assert got == [objs[dkey(1)][10:110]]
+    deadline = time.monotonic() + 30
+    while wb.status()["prefetched_objects"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert wb.status()["prefetched_objects"] == 3
+    assert sorted(g for g in inner.gets if g[0].startswith("data/")) == sorted((k, 0, None) for k in objs)
+    for k, v in objs.items():  # all in clean now: no more GETs
+        assert wb.get(k, 5, 7) == v[5:12]
+    assert len(inner.gets) == 3
+    st = wb.status()
+    assert st["clean_objects"] == 3 and st["cache_hits"] >= 3
+
+
+def test_prefetch_is_only_a_hint(wbs):
+    inner = CountingStore()
+    inner.inner.put(dkey(1), b"x" * 1000)
+    wb = wbs(inner, cache_size=64 * MiB)  # no room to spare: nothing read ahead
+    wb.prefetch([dkey(1)])
+    time.sleep(0.1)
+    assert inner.gets == []
+    wb2 = wbs(inner, name="cache2")
+    wb2.put(dkey(2), b"local")
+    wb2.prefetch([dkey(2), dkey(3)])  # one local already, one missing from the store
+    deadline = time.monotonic() + 10
+    while wb2._prefetching and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [g[0] for g in inner.gets] == [dkey(3)]
+    assert wb2.status()["prefetched_objects"] == 0
+    with pytest.raises(StoreNotFoundError):
+        wb2.get(dkey(3))  # the reader sees the error itself
+    assert wb2.get(dkey(2)) == b"local"
+
+
+def test_sequential_read_from_an_empty_cache_reads_ahead_each_chunk_once(tmp_path):
+    base = MemoryStore()
+    vault.create(base, PW, with_recovery=False)
+    wb = WriteBackStore(GatedStore(base), str(tmp_path / "cache1"))
+    fs = FileSystem(vault.open_vault(wb, passphrase=PW))
+    video = os.urandom(6 * 4 * MiB + 999)  # seven chunks
+    _write(fs, ROOT_INO, b"clip.mp4", video)
+    _write(fs, ROOT_INO, b"other.mp4", os.urandom(3 * 4 * MiB))
+    fs.close()
+    wb.close(wait=True)
+
+    inner = CountingStore(base)
+    wb = WriteBackStore(inner, str(tmp_path / "cache2"))  # another machine: nothing cached
+    fs = FileSystem(vault.open_vault(wb, passphrase=PW))
+    try:
+        ino = fs.resolve(b"/other.mp4")  # a header read: no read-ahead
+        fh = fs.open(ino, os.O_RDONLY)
+        assert len(fs.read(fh, 0, 4096)) == 4096
+        fs.release(fh)
+        time.sleep(0.2)
+        assert wb.status()["prefetched_objects"] == 0
+
+        fh = fs.open(fs.resolve(b"/clip.mp4"), os.O_RDONLY)
+        out = bytearray()
+        while True:
+            piece = fs.read(fh, len(out), 128 * KiB)
+            if not piece:
+                break
+            out += piece
+        fs.release(fh)
+        assert bytes(out) == video
+        whole = [g[0] for g in inner.gets if g[0].startswith("data/") and g[2] is None]
+        assert len(whole) == len(set(whole)) == 7  # every chunk fetched whole exactly once
+        assert wb.status()["prefetched_objects"] >= 5  # all but the first one or two were read ahead
+    finally:
+        fs.close()
+        wb.close()

@@ -22,6 +22,9 @@ store maps them to objects however it likes. Contract:
   "now" (never older than it is).
 * ``get`` raises StoreNotFoundError for a missing key; a range past the end
   returns what exists (the caller authenticates and so notices a short read).
+* A store may offer ``prefetch(keys)``: a hint that these objects will be
+  read soon (the write-back cache fetches them in the background). It is not
+  part of the protocol; callers look it up with ``getattr``.
 * Failures raise StoreError (StoreFullError for a full disk); no store lets a
   provider-specific exception escape.
 """

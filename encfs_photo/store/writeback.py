@@ -33,6 +33,9 @@ Contract, as seen from above:
   range asked for; any other ranged read (a header scan, video scrubbing)
   fetches only its range and is not cached. Objects are at most one chunk
   (4 MiB by default), so a whole fetch is bounded.
+* ``prefetch(keys)`` (a hint from a sequential reader) fetches whole objects
+  into clean on background threads; a ``get`` of a key being fetched waits
+  for that fetch instead of starting another.
 * ``stat``/``exists`` look locally first; ``list`` is the union of the inner
   store's listing and the local objects (pending keys included, so the journal
   finds batches not yet uploaded), minus keys deleted locally and not yet
@@ -98,6 +101,12 @@ RATE_WINDOW = 20.0  # seconds of uploads the reported rate averages over
 # Puts wait this long before uploading (unless a wait for uploads forces them), so
 # that a commit can still supersede them (claim/cancel_claimed): one PUT per window.
 WRITE_BACK_DELAY = float(os.environ.get("ENCFS_PHOTO_WRITE_BACK_DELAY", "1.0"))
+
+# Read-ahead: objects a sequential reader will want next are fetched whole into
+# clean/ by these threads, off the FUSE thread; never while free cache room is short.
+PREFETCH_THREADS = 3
+PREFETCH_QUEUE = 16  # keys waiting; older requests are dropped (the reader moved on)
+PREFETCH_MIN_ROOM = 256 << 20
 
 PUT, COND, DELETE = "P", "C", "D"
 # What an offline mount needs to open the vault; copies live in <cache dir>/meta/.
@@ -200,6 +209,11 @@ class WriteBackStore:
         self._threads_pid = -1
         self._waiting_writers = 0
         self._reads: OrderedDict[str, int] = OrderedDict()  # key -> end of its last ranged read (uncached)
+        self._prefetch_queue: deque[str] = deque()
+        self._prefetching: dict[str, threading.Event] = {}  # queued or being fetched; set when done
+        self._prefetch_threads: list[threading.Thread] = []
+        self._prefetch_pid = -1
+        self.prefetched = 0
         self.last_error: str | None = None
         self.uploaded_objects = 0
         self.uploaded_bytes = 0
@@ -621,6 +635,9 @@ class WriteBackStore:
             raise _store_error(exc, "flush") from None
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._get(key, offset, length, waited=False)
+
+    def _get(self, key: str, offset: int, length: int | None, waited: bool) -> bytes:
         with self._cond:
             e = self._latest.get(key)
             if e is not None:
@@ -632,11 +649,17 @@ class WriteBackStore:
                     raise _store_error(exc, key) from None
             else:
                 fd = self._clean.open(key)
-            if fd is not None:
-                self.hits += 1
-            else:
-                self.misses += 1
-                sequential = offset > 0 and self._reads.get(key) == offset
+            fetching = self._prefetching.get(key) if fd is None and not waited else None
+            if fetching is None:
+                if fd is not None:
+                    self.hits += 1
+                else:
+                    self.misses += 1
+                    sequential = offset > 0 and self._reads.get(key) == offset
+        if fetching is not None:
+            # Read-ahead is fetching it: wait for that rather than fetch it twice.
+            fetching.wait(timeout=120)
+            return self._get(key, offset, length, waited=True)
         if fd is not None:
             try:
                 return read_fd(fd, offset, length)
@@ -661,6 +684,58 @@ class WriteBackStore:
         if offset == 0 and length is None:
             return whole
         return whole[offset:len(whole) if length is None else offset + length]
+
+    def prefetch(self, keys: list[str]) -> None:
+        """Fetch these objects whole into the clean cache in the background: a sequential reader wants them next.
+
+        A hint: objects already local, or a cache without room to spare, are
+        skipped; the newest requests win when the queue is full."""
+        with self._cond:
+            if self._closed or self.offline or self.cache_size - self.pending_bytes < PREFETCH_MIN_ROOM:
+                return
+            added = False
+            for key in keys:
+                if key in self._latest or key in self._clean or key in self._prefetching:
+                    continue
+                self._prefetching[key] = threading.Event()
+                self._prefetch_queue.append(key)
+                added = True
+            while len(self._prefetch_queue) > PREFETCH_QUEUE:
+                self._prefetching.pop(self._prefetch_queue.popleft()).set()
+            if not added:
+                return
+            if self._prefetch_pid != os.getpid():
+                self._prefetch_pid = os.getpid()  # threads do not survive a fork: start ours here
+                self._prefetch_threads = [
+                    threading.Thread(target=self._prefetcher, name=f"encfs-prefetch-{i}", daemon=True)
+                    for i in range(PREFETCH_THREADS)]
+                for t in self._prefetch_threads:
+                    t.start()
+            self._cond.notify_all()
+
+    def _prefetcher(self) -> None:
+        while True:
+            with self._cond:
+                while not self._prefetch_queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                key = self._prefetch_queue.popleft()
+                done = self._prefetching[key]
+            try:
+                self._fill(key, self.inner.get(key))
+                with self._cond:
+                    self.prefetched += 1
+            except StoreError as exc:
+                # Only a hint: the reader fetches it itself and sees the error there.
+                log.debug("cache: read-ahead of %s failed: %s", key, exc)
+            except Exception:
+                log.exception("cache: read-ahead of %s failed", key)
+            finally:
+                with self._cond:
+                    if self._prefetching.get(key) is done:
+                        del self._prefetching[key]
+                done.set()
 
     def _fill(self, key: str, data: bytes) -> None:
         """Keep a fetched object in the clean cache (best effort: a full disk only skips it)."""
@@ -1022,6 +1097,7 @@ class WriteBackStore:
                 "writers_waiting": self._waiting_writers,
                 "cache_hits": self.hits,
                 "cache_misses": self.misses,
+                "prefetched_objects": self.prefetched,
                 "conflict": self._conflict,
                 "last_error": self.last_error,
             }
@@ -1039,6 +1115,10 @@ class WriteBackStore:
                 self._closed = True
                 self._cond.notify_all()
                 threads = self._threads if self._threads_pid == os.getpid() else []
+                for done in self._prefetching.values():
+                    done.set()
+                self._prefetching.clear()
+                self._prefetch_queue.clear()
             deadline = time.monotonic() + 2.0  # an upload still in flight may finish (else it is redone)
             for t in threads:
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
