@@ -75,9 +75,11 @@ class Operations(fuse.Operations):
     flag_nullpath_ok = True
     flag_nopath = True
 
-    def __init__(self, fs: FileSystem, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(self, fs: FileSystem, on_ready: Callable[[], None] | None = None,
+                 mountpoint: str | None = None) -> None:
         self.fs = fs
         self._on_ready = on_ready
+        self._mountpoint = mountpoint
         self.closed_cleanly = False  # destroy() committed everything and locked the vault
         # libfuse's high-level API keeps a file unlinked while open reachable
         # by renaming it to .fuse_hidden<16 hex> (we do not set hard_remove:
@@ -108,6 +110,8 @@ class Operations(fuse.Operations):
         if config_3 is not None:
             config_3.use_ino = 1  # st_ino is ours: hard links show one inode number
             config_3.nullpath_ok = 1
+        if self._mountpoint is not None:
+            raise_readahead(self._mountpoint)
         self.fs.start()
         if self._on_ready is not None:
             self._on_ready()
@@ -360,6 +364,57 @@ class _Fuse(fuse.FUSE):
         return self.operations.utimens_fh(self._path(path), atime, mtime, self._fh(fip))
 
 
+READ_AHEAD_KB = 1024
+
+
+def _unescape_mountinfo(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_device(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The "major:minor" of the mount at ``mountpoint`` (a resolved path), from mountinfo.
+
+    No stat, no realpath: from inside ``init`` either would ask our own FUSE
+    loop, which is busy answering INIT (a deadlock)."""
+    want = os.path.abspath(mountpoint)
+    found = None
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == want:
+                    found = fields[2]  # the last one listed is the one on top
+    except OSError:
+        return None
+    return found
+
+
+def raise_readahead(mountpoint: str, sysfs: str = "/sys/class/bdi", mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Let the kernel read ahead 1 MiB instead of 128 KiB on this mount (root only; best effort).
+
+    A FUSE mount's readahead window starts at the kernel's 128 KiB default and
+    ``max_readahead`` can only lower it, so a buffered sequential read reaches
+    the daemon as 128 KiB READs: eight round trips per MiB. Measured on a
+    2-core VM, dd of a 512 MiB file with a cold cache took 1.00 s at 128 KiB
+    and 0.77 s at 1 MiB (docs/PERFORMANCE.md). Only root may write the bdi
+    setting; anyone else keeps the default.
+    """
+    dev = mount_device(mountpoint, mountinfo)
+    if dev is None:
+        return False
+    path = os.path.join(sysfs, dev, "read_ahead_kb")
+    try:
+        with open(path) as f:
+            if int(f.read().strip() or 0) >= READ_AHEAD_KB:
+                return True
+        with open(path, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except (OSError, ValueError) as exc:
+        log.debug("readahead stays at the kernel default: %s", exc)
+        return False
+    return True
+
+
 def run(fs: FileSystem, mountpoint: str, *, allow_other: bool = False, read_only: bool = False,
         extra_options: dict[str, Any] | None = None, on_ready: Callable[[], None] | None = None,
         debug: bool = False) -> None:
@@ -381,7 +436,8 @@ def run(fs: FileSystem, mountpoint: str, *, allow_other: bool = False, read_only
     if extra.pop("threads", False):
         nothreads = False
     options.update(extra)
-    ops = Operations(fs, on_ready)
+    # Resolved here, before the mount: afterwards a lookup of it would reach our own loop.
+    ops = Operations(fs, on_ready, os.path.realpath(mountpoint))
     try:
         _Fuse(ops, mountpoint, foreground=True, debug=debug, nothreads=nothreads, **options)
     except RuntimeError as exc:

@@ -849,3 +849,37 @@ def test_two_mounts_of_one_vault_never_clobber(make_vault, cli):
     a.mount()
     assert os.listdir(a.mnt) == ["from-a"] and read_file(a.path("from-a")) == b"A"
     a.unmount()
+
+
+def test_mount_device_reads_mountinfo_with_escaped_names(tmp_path):
+    from encfs_photo.mount import mount_device, raise_readahead
+
+    mnt = tmp_path / "Client Photos"
+    mnt.mkdir()
+    info = tmp_path / "mountinfo"
+    esc = str(mnt).replace(" ", "\\040")
+    info.write_text(f"22 1 253:0 / / rw - ext4 /dev/vda rw\n"
+                    f"40 22 0:41 / {esc} rw,nosuid - fuse.encfs-photo encfs-photo rw\n"
+                    f"41 40 0:42 / {esc} rw,nosuid - fuse.encfs-photo encfs-photo rw\n")
+    assert mount_device(str(mnt), str(info)) == "0:42"  # the mount on top
+    assert mount_device(str(tmp_path), str(info)) is None
+    bdi = tmp_path / "bdi" / "0:42"
+    bdi.mkdir(parents=True)
+    (bdi / "read_ahead_kb").write_text("128\n")
+    assert raise_readahead(str(mnt), str(tmp_path / "bdi"), str(info))
+    assert (bdi / "read_ahead_kb").read_text() == "1024"
+    (bdi / "read_ahead_kb").write_text("4096\n")  # larger already: left alone
+    assert raise_readahead(str(mnt), str(tmp_path / "bdi"), str(info))
+    assert (bdi / "read_ahead_kb").read_text() == "4096\n"
+    assert not raise_readahead(str(tmp_path), str(tmp_path / "bdi"), str(info))
+
+
+def test_a_root_mount_reads_ahead_1_mib(vault_mount):
+    if os.geteuid() != 0:
+        pytest.skip("only root may raise a mount's readahead")
+    from encfs_photo.mount import mount_device
+
+    dev = mount_device(str(vault_mount.mnt))
+    assert dev is not None
+    with open(f"/sys/class/bdi/{dev}/read_ahead_kb") as f:
+        assert int(f.read()) >= 1024
