@@ -32,12 +32,12 @@ from typing import Any
 
 from .content import DATA_PREFIX
 from .errors import IntegrityError, ReadOnlyError, StoreError
-from .meta import FLOOR_KEY, Inode, Journal
+from .meta import FLOOR_KEY, ORPHAN_GRACE, Inode, Journal
 from .store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRACE = 24 * 3600.0  # seconds; see DESIGN.md 15 for why not less
+DEFAULT_GRACE = ORPHAN_GRACE  # 24 h; see DESIGN.md 15 for why not less
 KEEP_SNAPSHOTS = 2
 SWEEP_EVERY = 24 * 3600.0  # the daemon's automatic orphan sweep runs at most this often
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")

@@ -25,12 +25,15 @@ import time
 from collections.abc import Iterable
 
 from . import crypto
-from .content import ChunkRef
+from .content import DATA_PREFIX, ChunkRef
 from .errors import ConflictError, IntegrityError, PreconditionFailedError, StoreNotFoundError
 from .state import RollbackGuard
 from .store.base import ObjectStore
 
 log = logging.getLogger(__name__)
+
+# Data objects younger than this may belong to a commit in flight (gc.DEFAULT_GRACE is this too).
+ORPHAN_GRACE = 24 * 3600.0
 
 JOURNAL_PREFIX = "journal/"
 FLOOR_KEY = "journal-floor"  # names the lowest batch kept after pruning (FORMAT.md 7.6)
@@ -312,6 +315,28 @@ class Journal:
 
     # ---- reading
 
+    def _refuse_wiped_journal(self) -> None:
+        """A journal with no batch belongs to a vault never written, unless old data says otherwise.
+
+        Every commit stores its chunks before its batch, so data objects with
+        no journal are either a first mount's crash before its first commit
+        (young) or a journal that was deleted. Mounting the latter as an empty
+        vault would let the collector delete every file's data, so an object
+        older than the collector's grace period refuses the mount; device
+        memory (the guard above) catches it earlier where there is some.
+        """
+        cutoff = time.time() - ORPHAN_GRACE
+        for key, mtime in self.store.list_with_times(DATA_PREFIX):
+            if mtime < cutoff:
+                problem = (f"the journal holds no batch, but the store holds data objects (such as {key}) "
+                           "older than a day: the vault's metadata was deleted")
+                if self.guard is not None and self.guard.accept:
+                    log.warning("accepting an empty journal as asked: %s", problem)
+                    return
+                log.error("integrity: %s", problem)
+                raise IntegrityError(problem + "; refusing to open it as an empty vault (restore journal/ from a "
+                                     "backup; --accept-rollback opens it empty, and gc then deletes that data)")
+
     def load(self) -> Namespace:
         """Rebuild the namespace from the newest snapshot and the deltas after it."""
         present = set(self.store.list(JOURNAL_PREFIX))
@@ -324,6 +349,7 @@ class Journal:
         if not present:
             if self.guard is not None:
                 self.guard.check(-1, _ZERO_HASH, {})
+            self._refuse_wiped_journal()
             # A new vault's root belongs to whoever mounts it first (as mkfs -E root_owner).
             root = Inode(ROOT_INO, st.S_IFDIR | 0o755, os.getuid(), os.getgid())
             root.parent = ROOT_INO

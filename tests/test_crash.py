@@ -131,6 +131,9 @@ class PowerCutStore:
     def list(self, prefix=""):
         return [k for k in set(self.durable) | set(self.volatile) if k.startswith(prefix)]
 
+    def list_with_times(self, prefix=""):
+        return [(k, time.time()) for k in self.list(prefix)]  # "now": never older than it is
+
     def delete(self, key):
         self._tick()
         self.volatile.pop(key, None)

@@ -3,11 +3,12 @@
 import json
 import os
 import shutil
+import time
 
 import pytest
 
 from encfs_photo import vault
-from encfs_photo.errors import VaultError
+from encfs_photo.errors import IntegrityError, VaultError
 from encfs_photo.fs import FileSystem
 from encfs_photo.state import RollbackError
 from encfs_photo.store import LocalStore
@@ -78,3 +79,35 @@ def test_newer_store_is_fine_and_state_is_authenticated(dirs):
     json.dump(d, open(path, "w"))
     with pytest.raises(VaultError, match="tampered"):
         _open(store, state)
+
+
+def _age_data(store_dir, seconds):
+    then = time.time() - seconds
+    for d, _, names in os.walk(os.path.join(store_dir, "data")):
+        for n in names:
+            os.utime(os.path.join(d, n), (then, then))
+
+
+def test_a_wiped_journal_is_refused_by_a_device_without_memory(dirs, tmp_path):
+    store, state = dirs
+    _write(store, state, b"IMG_0001.CR3", os.urandom(300_000))
+    _write(store, state, b"IMG_0001.xmp", b"rating 5")
+    shutil.rmtree(os.path.join(store, "journal"))  # a careless cleanup, or a bucket writer
+    _age_data(store, 2 * 86400)
+    fresh = str(tmp_path / "new-laptop")
+    with pytest.raises(IntegrityError, match="metadata was deleted") as exc:
+        _open(store, fresh)
+    assert "--accept-rollback" in str(exc.value)
+    before = sorted(os.listdir(os.path.join(store, "data")))
+    assert before  # refused before anything could collect the data
+    fs = _open(store, fresh, accept_rollback=True)  # asked for: opens empty
+    assert [n for n, _ in fs.readdir(1) if n not in (b".", b"..")] == []
+    fs.close()
+
+
+def test_young_data_without_a_journal_is_a_first_mount_that_crashed(dirs, tmp_path):
+    store, state = dirs
+    _write(store, state, b"a", os.urandom(300_000))
+    shutil.rmtree(os.path.join(store, "journal"))  # as if killed before the first batch
+    _age_data(store, 3600)  # an hour ago: younger than the collector's grace
+    _open(store, str(tmp_path / "other")).close()

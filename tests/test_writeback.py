@@ -108,6 +108,9 @@ class GatedStore:
     def list(self, prefix=""):
         return self.inner.list(prefix)
 
+    def list_with_times(self, prefix=""):
+        return self.inner.list_with_times(prefix)
+
     def space(self):
         return None
 
@@ -345,6 +348,8 @@ CRASH_SCRIPT = textwrap.dedent("""
         def put(self, *a, **k): threading.Event().wait()
         def delete(self, *a, **k): threading.Event().wait()
         def list(self, prefix=""): return iter(())
+
+        def list_with_times(self, prefix=""): return iter(())
 
     wb = WriteBackStore(Stuck(), sys.argv[1])
     for batch in range(3):
