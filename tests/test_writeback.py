@@ -1004,3 +1004,59 @@ def test_sequential_read_from_an_empty_cache_reads_ahead_each_chunk_once(tmp_pat
     finally:
         fs.close()
         wb.close()
+
+
+def test_a_flaky_network_loses_nothing_and_never_conflicts_with_itself(tmp_path):
+    """Latency, timeouts, uploads dropped mid-body and answers lost after the object landed, on the first
+    attempts of every object: the uploads retry until the bucket holds everything, a conditional journal
+    put whose answer was lost is not taken for another device's, and an empty cache reads it all back."""
+    import random
+
+    base = MemoryStore()
+    vault.create(base, PW, with_recovery=False)
+    net = FaultyStore(base)
+    net.latency = 0.002
+    net.timeout = 0.05
+    rnd = random.Random(7)
+    tries: dict[str, int] = {}
+    fate: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def decide(key: str) -> bool:  # called first on every put attempt: this attempt's fault, if any
+        with lock:
+            n = tries[key] = tries.get(key, 0) + 1
+            # the first attempt of every object meets a fault, the second maybe, later ones none
+            # (a journal batch's first answer is always lost: the retry then meets its own object)
+            fate[key] = ("lost" if key.startswith("journal/") else rnd.choice(["drop", "lost", "timeout"])) \
+                if n == 1 else rnd.choice(["drop", "lost", "timeout", "ok"]) if n == 2 else "ok"
+            seen.append(fate[key])
+            return fate[key] == "drop"
+
+    seen: list[str] = []
+    net.drop_puts = decide
+    net.timeout_puts = lambda key: fate[key] == "timeout"
+    net.lose_replies = lambda key: fate[key] == "lost"
+    wb = WriteBackStore(net, str(tmp_path / "cache1"), retry_initial=0.01, retry_max=0.05)
+    fs = FileSystem(vault.open_vault(wb, passphrase=PW))
+    _populate(fs)
+    for i in range(30):  # small files, packs and journal batches
+        _write(fs, ROOT_INO, b"side_%04d.xmp" % i, b"<rating %d/>" % i)
+        if i % 10 == 9:
+            fs.sync()
+    fs.close()
+    assert wb.wait_uploaded(timeout=120)
+    st = wb.status()
+    assert st["conflict"] is None and st["pending_objects"] == 0, st
+    wb.close()
+    assert {"drop", "lost", "timeout"} <= set(seen) and net.injected >= 10
+    assert any(k.startswith("journal/") for k in tries)  # conditional puts went through the faults too
+
+    wb = WriteBackStore(base, str(tmp_path / "cache2"))  # another machine, a healthy network
+    fs = FileSystem(vault.open_vault(wb, passphrase=PW))
+    try:
+        _compare(fs)
+        for i in range(30):
+            assert _read(fs, b"/side_%04d.xmp" % i) == b"<rating %d/>" % i
+    finally:
+        fs.close()
+        wb.close()
