@@ -1,6 +1,6 @@
 """The writer's lease: at most one device writes a vault at a time (ARCHITECTURE invariant 6).
 
-The lease is one object, ``lease`` (docs/FORMAT.md 7.7), sealed and
+The lease is one object, ``lease`` (docs/FORMAT.md 7.8), sealed and
 authenticated with a subkey of the vault's metadata key. It names a random
 holder id (new for every mount), a host hint (the hostname, inside the
 ciphertext) and an expiry. A mount creates it with ``If-None-Match: *``, or

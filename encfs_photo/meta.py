@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 ORPHAN_GRACE = 24 * 3600.0
 
 JOURNAL_PREFIX = "journal/"
-FLOOR_KEY = "journal-floor"  # names the lowest batch kept after pruning (FORMAT.md 7.6)
+FLOOR_KEY = "journal-floor"  # names the lowest batch kept after pruning (FORMAT.md 7.7)
 MISS_LIMIT = 100_000  # consecutive seqs without a listed name before a head-finding scan gives up
 ROOT_INO = 1
 SNAPSHOT_EVERY = 256  # batches between snapshots, so opening replays a bounded tail

@@ -1,4 +1,4 @@
-"""What this device remembers of a vault between mounts: the newest journal head.
+"""What this device remembers of a vault between mounts: the newest journal head it stored or read.
 
 A store rolled back to an older (valid, consistent) state cannot be told from
 the store alone; the device that saw a newer head can. The record is a small
@@ -6,7 +6,11 @@ JSON file per vault, authenticated with the vault's local-state subkey so a
 local attacker cannot lower it without the key. It holds no plaintext beyond
 the vault id and a sequence number.
 
-Callers: `meta.Journal` (check on load, record after each commit).
+Callers: `meta.Journal`: check on every load; record the head after each
+load of a non-empty journal (so a device that only reads remembers too, and
+an accepted rollback lowers the record at once) and after each batch it
+stores (the predecessor while that batch may still be superseded, FORMAT.md
+9).
 """
 
 from __future__ import annotations
