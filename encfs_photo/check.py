@@ -17,6 +17,7 @@ from .content import ChunkIO, ChunkRef, nblocks, sealed_len
 from .errors import IntegrityError, StoreError, StoreNotFoundError
 from .gc import kept_range
 from .meta import ROOT_INO, Journal, Namespace
+from .state import RollbackGuard
 from .vault import Vault
 
 
@@ -57,9 +58,11 @@ def _walk(ns: Namespace) -> Iterator[tuple[bytes, int]]:
                 yield cpath, child
 
 
-def check(vault: Vault, read_data: bool = False, progress: Callable[[int], None] | None = None) -> Report:
+def check(vault: Vault, read_data: bool = False, progress: Callable[[int], None] | None = None,
+          guard: RollbackGuard | None = None) -> Report:
+    """``guard``: this device's memory of the newest head, so a rolled-back store fails the check too."""
     report = Report()
-    journal = Journal(vault.store, vault.vault_id, vault.meta_key, vault.names_key)
+    journal = Journal(vault.store, vault.vault_id, vault.meta_key, vault.names_key, guard)
     ns = journal.load()
     io = ChunkIO(vault.store, vault.vault_id, vault.content_key, vault.block_size, vault.chunk_size, 0)
     referenced = set()

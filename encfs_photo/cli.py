@@ -518,7 +518,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\rchecked {done[0] / 2**20:.0f} MiB", end="", file=sys.stderr)
 
-    report = check(vault, read_data=args.read_data, progress=progress)
+    from .state import RollbackGuard, default_state_dir
+
+    guard = RollbackGuard(args.state_dir or default_state_dir(), vault.vault_id, vault.local_key)
+    report = check(vault, read_data=args.read_data, progress=progress, guard=guard)
     if sys.stderr.isatty() and args.read_data:
         print(file=sys.stderr)
     for problem in report.problems:
@@ -738,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store", metavar="STORE")
     secrets(sp)
     sp.add_argument("--read-data", action="store_true")
+    sp.add_argument("--state-dir", metavar="DIR", help="where this device remembers each vault's newest state")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("gc", help="delete old journal batches and chunk objects nothing references")

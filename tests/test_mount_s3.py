@@ -254,6 +254,14 @@ def test_write_sync_unmount_then_read_everything_back_with_an_empty_cache(s3vaul
 
     assert scan_for_marker(cache) == []  # the cache folder holds ciphertext only
     assert not os.path.exists(cache / "running")
+    # ... and the bucket too, in object names and bytes
+    pats = list(encodings(MARKER).values())
+    for key in v.keys():
+        body = v.client.get_object(Bucket=v.bucket, Key=key)["Body"].read()
+        assert not [p for p in pats if p in body or p.lower() in key.encode().lower()], key
+    # Nothing is overwritten in place: every object was PUT once, but the lease (renewed by design).
+    stored = [k for k in v.server.put_keys if k != "lease"]
+    assert stored and len(stored) == len(set(stored)), sorted(k for k in stored if stored.count(k) > 1)
     shutil.rmtree(cache)
     v.mount(cache)  # a second machine: nothing cached
     try:
