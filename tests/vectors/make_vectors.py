@@ -126,13 +126,58 @@ def keyslot_vectors() -> dict:
     }
 
 
+def derivation_vectors() -> dict:
+    """The MACs and seals of the small objects: config, journal floor, device state, lease; the
+    recovery key's normalisation; a pack segment and the digest a reference pins."""
+    import tempfile
+
+    from encfs_photo import content, lease, meta, state, vault
+    from encfs_photo.store import MemoryStore
+
+    meta_key = crypto.subkey(MASTER, VAULT_ID, crypto.LABEL_META)
+    names_key = crypto.subkey(MASTER, VAULT_ID, crypto.LABEL_NAMES)
+    config_key = crypto.subkey(MASTER, VAULT_ID, crypto.LABEL_CONFIG)
+    local_key = crypto.subkey(MASTER, VAULT_ID, crypto.LABEL_LOCAL)
+    cfg = vault.Config(vault_id=VAULT_ID, block_size=65536, chunk_size=4 << 20)
+    store = MemoryStore()
+    journal = meta.Journal(store, VAULT_ID, meta_key, names_key)
+    journal._write_floor(5)
+    with tempfile.TemporaryDirectory() as d:
+        guard = state.RollbackGuard(d, VAULT_ID, local_key)
+        guard.record(42, bytes(range(32)))
+        with open(guard.path) as f:
+            device_state = json.load(f)
+    lz = lease.Lease(MemoryStore(), meta_key, VAULT_ID)
+    lz.holder, lz.host = bytes.fromhex("77" * 16), "nas.studio.example"
+    seal_id = bytes.fromhex("c3" * 16)
+    content_key = crypto.subkey(MASTER, VAULT_ID, crypto.LABEL_CONTENT)
+    sid, segment = crypto.seal_chunk(content_key, VAULT_ID, plaintext(300), 64, False, object_id=seal_id)
+    recovery = "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4567"
+    return {
+        "master": MASTER.hex(),
+        "vault_id": VAULT_ID.hex(),
+        "config": {"block_size": cfg.block_size, "chunk_size": cfg.chunk_size, "config_key": config_key.hex(),
+                   "object": cfg.to_bytes(config_key).decode()},
+        "journal_floor": {"names_key": names_key.hex(), "seq": 5, "object": store.get(meta.FLOOR_KEY).decode()},
+        "device_state": {"local_key": local_key.hex(), "seq": 42, "head": bytes(range(32)).hex(),
+                         "record": device_state},
+        "lease": {"meta_key": meta_key.hex(), "key": crypto.subkey(meta_key, VAULT_ID, lease.LABEL_LEASE).hex(),
+                  "aad": lz._aad().hex(), "expires": 1_800_000_000.0, "object": lz._encode(1_800_000_000.0).hex()},
+        "recovery_key": {"typed": [recovery, recovery.lower().replace("-", " "), "ABCD EFGH IJKL MNOP QRST UVWX YZ23 4567",
+                                   "abcd-efgh-1jkl-mn0p-qrst-uvwx-yz23-4567"],
+                         "normalised": vault.normalize_recovery_key(recovery).decode()},
+        "segment": {"content_key": content_key.hex(), "seal_id": sid.hex(), "block_size": 64,
+                    "plaintext_len": 300, "sealed": segment.hex(), "digest": content.digest(segment).hex()},
+    }
+
+
 def padme_vectors() -> dict:
     return {"table": [[n, crypto.padme(n)] for n in PADME_INPUTS]}
 
 
 def main() -> None:
     for name, fn in [("kdf", kdf_vectors), ("chunks", chunk_vectors), ("journal", journal_vectors),
-                     ("keyslot", keyslot_vectors), ("padme", padme_vectors)]:
+                     ("keyslot", keyslot_vectors), ("padme", padme_vectors), ("derivations", derivation_vectors)]:
         path = os.path.join(HERE, f"{name}.json")
         with open(path, "w") as f:
             json.dump(fn(), f, indent=1, sort_keys=True)
