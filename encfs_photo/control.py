@@ -87,26 +87,32 @@ def unregister(mountpoint: str) -> None:
             pass
 
 
+def _read_entry(path: str) -> dict[str, Any] | None:
+    """A registry file's entry if it is one of a live mount (a damaged or stale file counts as none)."""
+    try:
+        with open(path, "rb") as f:
+            entry = json.loads(f.read())
+    except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
+        return None
+    if not isinstance(entry, dict) or type(entry.get("pid")) is not int or entry["pid"] <= 0:
+        return None
+    if not all(isinstance(entry.get(k), str) for k in ("mountpoint", "socket", "store")) or \
+            not isinstance(entry.get("log"), str | None):
+        return None
+    return entry if pid_alive(entry["pid"]) else None
+
+
 def lookup(mountpoint: str) -> dict[str, Any] | None:
     reg, _, _ = paths(mountpoint)
-    try:
-        with open(reg) as f:
-            entry = json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
-    return entry if pid_alive(int(entry["pid"])) else None
+    return _read_entry(reg)
 
 
 def all_mounts() -> list[dict[str, Any]]:
     out = []
     for name in sorted(os.listdir(run_dir())):
         if name.endswith(".json"):
-            try:
-                with open(os.path.join(run_dir(), name)) as f:
-                    entry = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if pid_alive(int(entry.get("pid", 0))):
+            entry = _read_entry(os.path.join(run_dir(), name))
+            if entry is not None:
                 out.append(entry)
     return out
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -43,6 +44,7 @@ from .store.base import ObjectStore
 log = logging.getLogger(__name__)
 
 LEASE_KEY = "lease"
+_ETAG_RE = re.compile(r"[!-~]{1,200}")  # one printable token, as S3 and content_tag() make them
 LABEL_LEASE = b"lease"
 DEFAULT_TTL = 120.0
 TTL_ENV = "ENCFS_PHOTO_LEASE_TTL"  # seconds; tests shorten it (the period is a quarter of it)
@@ -130,10 +132,12 @@ class Lease:
         if not self.record_path:
             return None
         try:
-            with open(self.record_path) as f:
+            with open(self.record_path, errors="replace") as f:
                 etag, _, pid = f.read().strip().partition(" ")
         except OSError:
             return None
+        if not _ETAG_RE.fullmatch(etag):
+            return None  # damaged: it goes into an If-Match header, so only a plausible ETag is used
         if dead_only and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
             return None  # another mount on this machine (a folder store has no cache folder lock)
         return etag or None

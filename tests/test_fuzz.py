@@ -13,7 +13,11 @@ deadline only has to catch "forever"). Parsers fuzzed:
   journal floor object,
 * chunk objects (`crypto.ChunkCipher`, `content.ChunkIO.read`),
 * the device state file (`state.RollbackGuard`),
-* the control socket's request parser (`control.Server`).
+* the control socket's request parser (`control.Server`),
+* the lease object (garbage and authentic-but-broken payloads) and this device's lease record,
+* a cache folder full of garbage files (`owner`, `running`, `conflict`, `lease`, `meta/index`,
+  odd `pending/` names), opened by `WriteBackStore`,
+* the runtime registry files (`control.lookup`, `control.all_mounts`).
 """
 
 from __future__ import annotations
@@ -428,3 +432,105 @@ def test_control_request_parser(control_server, raw):
         assert isinstance(reply.get("error"), str)
     # The server still answers a good request afterwards.
     assert ask(control_server, b'{"cmd": "status"}\n') == {"ok": True, "status": 1}
+
+
+# ------------------------------------------------------------------ the lease object and its record
+
+
+LEASE_META = bytes(range(96, 128))
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_lease_garbage_object(raw):
+    from encfs_photo.lease import Lease
+
+    assert only_project_errors(Lease(MemoryStore(), LEASE_META, VID)._decode, raw) is None
+
+
+@FUZZ
+@given(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()) |
+       st.dictionaries(st.sampled_from(["v", "holder", "host", "expires"]), json_values)
+       .map(lambda d: json.dumps(d).encode()))
+def test_lease_sealed_garbage_payload(payload):
+    from encfs_photo.lease import LABEL_LEASE, Lease
+
+    lz = Lease(MemoryStore(), LEASE_META, VID)
+    raw = crypto.seal_blob(crypto.subkey(LEASE_META, VID, LABEL_LEASE), lz._aad(), payload)
+    info = only_project_errors(lz._decode, raw)  # an authentic lease with a broken payload: not a lease
+    if info is not None:
+        assert isinstance(info.holder, bytes) and isinstance(info.host, str) and isinstance(info.expires, float)
+
+
+@FUZZ
+@given(st.binary(max_size=120))
+def test_lease_record_file(raw):
+    from encfs_photo.lease import Lease
+
+    with tempfile.TemporaryDirectory(prefix="fuzz-lease-") as d:
+        path = os.path.join(d, "lease")
+        with open(path, "wb") as f:
+            f.write(raw)
+        lz = Lease(MemoryStore(), LEASE_META, VID, record_path=path)
+        for dead_only in (False, True):
+            etag = only_project_errors(lz._recorded, dead_only)
+            # what goes back into an If-Match header: one token, no spaces or control characters
+            assert etag is None or (etag.isprintable() and " " not in etag and 0 < len(etag) <= 200)
+
+
+# ------------------------------------------------------------------ the cache folder and the runtime registry
+
+
+CACHE_FILES = ["owner", "running", "conflict", "lease", "meta/index", "pending/0000000000000001-P-data~ab",
+               "pending/0000000000000002-C-journal~cd", "pending/x-P-y", "pending/9999999999999999-D-~~",
+               "clean/data~ef"]
+
+
+@FUZZ_SLOW
+@given(st.dictionaries(st.sampled_from(CACHE_FILES), st.binary(max_size=80), max_size=5),
+       st.lists(st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1,
+                        max_size=20), max_size=3))
+def test_cache_folder_with_garbage_files(files, pending_names):
+    from encfs_photo.store.writeback import WriteBackStore
+
+    with tempfile.TemporaryDirectory(prefix="fuzz-cache-") as d:
+        for rel, body in files.items():
+            os.makedirs(os.path.dirname(os.path.join(d, rel)), exist_ok=True)
+            with open(os.path.join(d, rel), "wb") as f:
+                f.write(body)
+        os.makedirs(os.path.join(d, "pending"), exist_ok=True)
+        for name in pending_names:
+            if name not in (".", ".."):
+                with open(os.path.join(d, "pending", name), "wb") as f:
+                    f.write(b"x")
+        wb = only_project_errors(WriteBackStore, MemoryStore(), d, 1 << 30, owner="ab" * 16, start=False)
+        if wb is not None:
+            try:
+                only_project_errors(wb.status)
+                only_project_errors(lambda: list(wb.list("")))
+            finally:
+                wb.leave_queued()
+                wb.close(wait=False)
+
+
+@FUZZ
+@given(raw=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()) |
+       st.dictionaries(st.sampled_from(["pid", "mountpoint", "socket", "store"]), json_values)
+       .map(lambda d: json.dumps(d).encode()))
+def test_runtime_registry_entry(raw, monkeypatch_module):
+    with tempfile.TemporaryDirectory(prefix="fz-run-", dir="/tmp") as d:
+        monkeypatch_module.setenv("ENCFS_PHOTO_RUNTIME_DIR", d)
+        reg, _, _ = control.paths("/tmp/fuzz-mnt")
+        os.makedirs(os.path.dirname(reg), exist_ok=True)
+        with open(reg, "wb") as f:
+            f.write(raw)
+        entry = only_project_errors(control.lookup, "/tmp/fuzz-mnt")
+        assert entry is None or isinstance(entry, dict)
+        for e in only_project_errors(control.all_mounts) or []:
+            assert isinstance(e, dict)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp

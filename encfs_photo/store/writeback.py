@@ -140,6 +140,15 @@ def _store_error(exc: OSError, what: str) -> StoreError:
     return StoreError(f"cache: {what}: {exc.strerror or exc}")
 
 
+def _is_key(text: str) -> bool:
+    """A line of meta/index that names an object we could hold (a damaged index only loses lines)."""
+    try:
+        key_to_name(text)
+    except StoreError:
+        return False
+    return True
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -257,7 +266,7 @@ class WriteBackStore:
             f.write(f"{os.getpid()}\n")
         fsync_dir(self.cache_dir)
         try:
-            with open(os.path.join(self.cache_dir, "conflict")) as f:
+            with open(os.path.join(self.cache_dir, "conflict"), errors="replace") as f:
                 self._conflict = f.read().strip() or "conflict"
             self.last_error = self._conflict
             log.error("cache: %s", self._conflict)
@@ -267,8 +276,8 @@ class WriteBackStore:
         self._clean.evict(self.cache_size - self.pending_bytes)
         os.makedirs(self._meta_dir, mode=0o700, exist_ok=True)
         try:
-            with open(os.path.join(self._meta_dir, "index")) as f:
-                self._meta_index = {line.strip() for line in f if line.strip()}
+            with open(os.path.join(self._meta_dir, "index"), errors="replace") as f:
+                self._meta_index = {key for line in f if _is_key(key := line.strip())}
         except FileNotFoundError:
             pass
 
@@ -276,7 +285,7 @@ class WriteBackStore:
         """Claim the folder for one vault (``owner``: a hash of its id); StoreError if another vault's."""
         owner_path = os.path.join(self.cache_dir, "owner")
         try:
-            with open(owner_path) as f:
+            with open(owner_path, errors="replace") as f:
                 found = f.read().strip()
         except FileNotFoundError:
             found = None
