@@ -31,6 +31,18 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extra=""
 [ $want_test = 1 ] && extra="[test]"
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".${extra}"
+# The install is editable (code changes need no reinstall): redo it only when
+# pyproject.toml or the extras changed, so running this again is quick.
+stamp=".venv/.encfs-photo-installed"
+hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+have="$(cat "$stamp" 2>/dev/null || true)"
+fresh=0
+if [ "$have" = "$hash [test]" ] || { [ "$have" = "$hash " ] && [ -z "$extra" ]; }; then
+  .venv/bin/python -c "import encfs_photo" 2>/dev/null && fresh=1
+fi
+if [ $fresh = 0 ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".${extra}"
+  echo "$hash ${extra}" > "$stamp"
+fi
 echo "setup: ready ($(.venv/bin/encfs-photo --version))" >&2
