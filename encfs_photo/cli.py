@@ -822,6 +822,9 @@ def _setup_logging(verbose: int, foreground: bool) -> None:
     # only -vvv shows them (tests/test_log_secrets.py holds -vv to "no names, no secrets").
     for name in ("fuse", "mfusepy"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    # boto3 tells at INFO where it found credentials: noise on a mount's stderr, not our one line.
+    for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
     log.debug("debug logging on (no names or secrets; -vvv adds the FUSE call trace, which has names)")
 
 

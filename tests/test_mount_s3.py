@@ -50,6 +50,12 @@ class GatedMotoServer:
 
         def gated(environ, start_response):
             path = environ.get("PATH_INFO", "")
+            if "Credential=wrong-key/" in environ.get("HTTP_AUTHORIZATION", ""):
+                body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
+                        b"<Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>")
+                start_response("403 Forbidden", [("Content-Type", "application/xml"),
+                                                 ("Content-Length", str(len(body)))])
+                return [body]
             if environ["REQUEST_METHOD"] == "PUT" and path.strip("/").count("/") >= 1:
                 self.puts += 1
                 self.put_keys.append(path.strip("/").split("/", 2)[-1])
@@ -397,3 +403,29 @@ def test_a_folder_store_is_used_directly(make_vault, tmp_path):
         vm.unmount()
     assert not cache.exists()
     assert "for s3:// stores" in vm.stderr
+
+
+def test_mount_errors_are_one_clear_line(s3vault):
+    """Bad credentials, a prefix that is not a vault, a bucket that does not exist: exit 1, one line, no
+    traceback, nothing mounted and nothing written to the bucket."""
+    v = s3vault
+    before = v.keys()
+    cases = {
+        "credentials": (v.url, {"AWS_ACCESS_KEY_ID": "wrong-key"}, "credentials"),
+        "not a vault": (f"s3://{v.bucket}/elsewhere", {}, "not an encfs-photo vault"),
+        "no bucket": (f"s3://no-such-bucket-{os.urandom(3).hex()}/vault", {}, "bucket"),
+    }
+    for what, (url, env, words) in cases.items():
+        saved = dict(v.cli.env)
+        v.cli.env.update(env)
+        try:
+            r = v.run("mount", url, v.mnt, "--endpoint-url", v.server.endpoint, "--password-file", v.pwfile,
+                      "--cache-dir", v.base / f"cache-{what.replace(' ', '-')}", timeout=120)
+        finally:
+            v.cli.env.clear()
+            v.cli.env.update(saved)
+        err = r.stderr.strip()
+        assert r.returncode == 1, (what, r.stdout, r.stderr)
+        assert words in err.lower() and "Traceback" not in err and len(err.splitlines()) == 1, (what, err)
+        assert not is_mounted(v.mnt)
+    assert v.keys() == before
