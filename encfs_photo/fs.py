@@ -61,7 +61,7 @@ RENAME_EXCHANGE = 2
 UTIME_NOW = "now"  # sentinel values for utimens; None means "omit"
 DAY_NS = 86400 * 10**9
 SMALL_FILE = 256 * 1024  # a file no bigger than this is committed as a segment of a pack object
-READ_AHEAD_CHUNKS = 4  # chunks a sequential reader asks the store for ahead of itself (16 MiB at 4 MiB)
+READ_AHEAD_CHUNKS = 8  # chunks a sequential reader asks the store for ahead of itself (32 MiB at 4 MiB)
 PACK_CAP = 256 * 1024  # a pack is not rewritten to take more segments past this size (each rewrite copies it)
 
 F = TypeVar("F", bound=Callable[..., Any])

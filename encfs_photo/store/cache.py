@@ -141,11 +141,14 @@ class CleanCache:
             log.warning("cache: clean object %s vanished from the cache folder", key)
             self.bytes -= self._lru.pop(key)
             return None
-        self._lru.move_to_end(key)
-        try:
-            os.utime(fd)  # the LRU order survives a restart
-        except OSError:
-            pass
+        if next(reversed(self._lru)) != key:
+            # The LRU order survives a restart through mtimes. A sequential reader
+            # opens the same object once per read: only its first read writes one.
+            self._lru.move_to_end(key)
+            try:
+                os.utime(fd)
+            except OSError:
+                pass
         return fd
 
     def adopt(self, key: str, src: str, size: int) -> None:

@@ -104,7 +104,7 @@ WRITE_BACK_DELAY = float(os.environ.get("ENCFS_PHOTO_WRITE_BACK_DELAY", "1.0"))
 
 # Read-ahead: objects a sequential reader will want next are fetched whole into
 # clean/ by these threads, off the FUSE thread; never while free cache room is short.
-PREFETCH_THREADS = 3
+PREFETCH_THREADS = 4
 PREFETCH_QUEUE = 16  # keys waiting; older requests are dropped (the reader moved on)
 PREFETCH_MIN_ROOM = 256 << 20
 
