@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DATA_PREFIX = "data/"
 
 
+INLINE_PUT = 512 * 1024  # objects up to this size are stored on the caller's thread (packs)
 DIGEST_LEN = 16  # SHA-256 truncated: what a chunk reference pins of the sealed bytes
 
 
@@ -170,6 +171,17 @@ class ChunkIO:
 
     def _submit(self, key: str, body: bytes) -> None:
         self._slots.acquire()
+        if len(body) <= INLINE_PUT:
+            # A pack: its commit waits for it at once, so handing it to a put
+            # thread only adds two thread switches. A failure leaves it in
+            # _inflight without a future, which wait_puts retries.
+            with self._lock:
+                self._inflight[key] = (None, body)
+            try:
+                self._put(key, body)
+            except Exception as exc:  # noqa: BLE001 - kept with its bytes for wait_puts
+                log.debug("put of %s failed, retried at the next commit: %s", key, exc)
+            return
         with self._lock:
             self._inflight[key] = (None, body)
             self._inflight[key] = (self._pool.submit(self._put, key, body), body)

@@ -40,6 +40,7 @@ class RollbackGuard:
         self.vault_id = vault_id
         self._key = key
         self.accept = accept_rollback
+        self._recorded: tuple[int, bytes] | None = None  # what this process last wrote
 
     def _body(self, seq: int, head: bytes) -> bytes:
         return b"%s %d %s" % (self.vault_id.hex().encode(), seq, head.hex().encode())
@@ -85,6 +86,8 @@ class RollbackGuard:
             raise RollbackError(problem + "; refusing to mount (use --accept-rollback to accept it)")
 
     def record(self, seq: int, head: bytes) -> None:
+        if self._recorded == (seq, head):
+            return  # folding commits on s3:// record the same predecessor again and again
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -94,3 +97,4 @@ class RollbackGuard:
         # Not fsynced: losing the newest record in a power cut only weakens
         # detection by the last few batches; an fsync per commit would not pay.
         os.replace(tmp, self.path)
+        self._recorded = (seq, head)
