@@ -266,3 +266,24 @@ def test_matrix_names_every_attack_of_the_issue():
               "swap-objects-between-files", "swap-object-between-vaults", "delete", "replay-older-object",
               "replay-older-journal", "roll-back-whole-store", "weaken-kdf", "drop-journal-batch"}
     assert all(any(n.startswith(w) for n in MATRIX) for w in wanted)
+
+
+def _snapshot(root: str) -> dict[str, bytes]:
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(d, n)
+            out[os.path.relpath(p, root)] = open(p, "rb").read()
+    return out
+
+
+def test_check_never_modifies_the_vault(attacked):
+    """`check --read-data` of a damaged vault reports, and leaves every object as it found it."""
+    w = attacked
+    flip_at(obj(w, b"/big", 1), 100)
+    os.unlink(obj(w, b"/twin2"))
+    before = _snapshot(w.a.root)
+    v = vault.open_vault(LocalStore(w.a.root), passphrase=PW)
+    report = checker.check(v, read_data=True, guard=RollbackGuard(w.state, v.vault_id, v.local_key))
+    assert {p.split(":")[0] for p in report.problems} == {"/big", "/twin2"}
+    assert _snapshot(w.a.root) == before
