@@ -57,3 +57,38 @@ def test_enospc_then_recovery(small_disk, monkeypatch):
     fs.flush(fh)
     fs.release(fh)
     fs.close()
+
+
+@pytest.mark.mount
+def test_a_full_store_disk_is_enospc_through_the_mount(small_disk, cli, tmp_path):
+    """The same through a real mount: write() or close() gets ENOSPC, the mount stays up, what was
+    stored reads back, deleting the file that did not fit makes room, and the vault remounts."""
+    from conftest import FUSE_OK, FUSE_WHY, VaultMount
+
+    if not FUSE_OK:
+        pytest.skip(f"no FUSE: {FUSE_WHY}")
+    vm = VaultMount(cli, tmp_path)
+    vm.store = type(vm.store)(small_disk) / "vault"  # the store on the 12 MiB tmpfs
+    vm.init()
+    try:
+        vm.mount()
+        keep = os.urandom(3_000_000)
+        (vm.mnt / "keep.raw").write_bytes(keep)
+        with pytest.raises(OSError) as exc:
+            with open(vm.mnt / "big.raw", "wb") as f:
+                for _ in range(20):
+                    f.write(os.urandom(1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        assert exc.value.errno == errno.ENOSPC
+        assert (vm.mnt / "keep.raw").read_bytes() == keep
+        os.unlink(vm.mnt / "big.raw")
+        (vm.mnt / "after.txt").write_bytes(b"room again")
+        vm.unmount()
+        vm.mount()
+        assert (vm.mnt / "keep.raw").read_bytes() == keep
+        assert (vm.mnt / "after.txt").read_bytes() == b"room again"
+        assert not (vm.mnt / "big.raw").exists()
+        vm.unmount()
+    finally:
+        vm.cleanup()
