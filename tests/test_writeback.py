@@ -1027,12 +1027,20 @@ def test_a_flaky_network_loses_nothing_and_never_conflicts_with_itself(tmp_path)
             n = tries[key] = tries.get(key, 0) + 1
             # the first attempt of every object meets a fault, the second maybe, later ones none
             # (a journal batch's first answer is always lost: the retry then meets its own object)
-            fate[key] = ("lost" if key.startswith("journal/") else rnd.choice(["drop", "lost", "timeout"])) \
-                if n == 1 else rnd.choice(["drop", "lost", "timeout", "ok"]) if n == 2 else "ok"
+            # (data objects' first attempts take the three faults in turn, so each kind occurs)
+            if n == 1 and key.startswith("journal/"):
+                fate[key] = "lost"
+            elif n == 1:
+                fate[key] = FAULTS[len(firsts) % 3]
+                firsts.append(key)
+            else:
+                fate[key] = rnd.choice([*FAULTS, "ok"]) if n == 2 else "ok"
             seen.append(fate[key])
             return fate[key] == "drop"
 
     seen: list[str] = []
+    firsts: list[str] = []
+    FAULTS = ("drop", "lost", "timeout")
     net.drop_puts = decide
     net.timeout_puts = lambda key: fate[key] == "timeout"
     net.lose_replies = lambda key: fate[key] == "lost"
