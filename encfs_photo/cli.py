@@ -820,10 +820,8 @@ def _setup_logging(verbose: int, foreground: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler])
     # mfusepy logs call arguments (paths: file names) at debug level, under the logger "fuse";
     # only -vvv shows them (tests/test_log_secrets.py holds -vv to "no names, no secrets").
-    for name in ("fuse", "mfusepy"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
     # boto3 tells at INFO where it found credentials: noise on a mount's stderr, not our one line.
-    for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+    for name in ("fuse", "mfusepy", "boto3", "botocore", "s3transfer", "urllib3"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
     log.debug("debug logging on (no names or secrets; -vvv adds the FUSE call trace, which has names)")
 

@@ -94,13 +94,14 @@ def pack_refs(ns: Namespace) -> dict[str, int]:
 
 
 class Handle:
-    __slots__ = ("node", "flags", "writable", "read_end")
+    __slots__ = ("node", "flags", "writable", "read_end", "ahead_of")
 
     def __init__(self, node: Inode, flags: int) -> None:
         self.node = node
         self.flags = flags
         self.writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         self.read_end = -1  # where the last read through this handle ended: the next sequential offset
+        self.ahead_of = -1  # the chunk the last read-ahead hint was given from (one hint per chunk reached)
 
 
 class FileSystem:
@@ -752,8 +753,9 @@ class FileSystem:
             return b""
         cs = self.chunk_size
         dirty = self._dirty.get(node.ino, {})
-        if offset > 0 and offset == h.read_end:
-            self._read_ahead(node, dirty, (end - 1) // cs)
+        if offset > 0 and offset == h.read_end and (end - 1) // cs != h.ahead_of:
+            h.ahead_of = (end - 1) // cs
+            self._read_ahead(node, dirty, h.ahead_of)
         h.read_end = end
         parts = []
         for idx in chunk_span(offset, end - offset, cs):

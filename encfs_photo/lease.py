@@ -140,7 +140,7 @@ class Lease:
             return None  # damaged: it goes into an If-Match header, so only a plausible ETag is used
         if dead_only and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
             return None  # another mount on this machine (a folder store has no cache folder lock)
-        return etag or None
+        return etag
 
     def _record(self, etag: str | None) -> None:
         if not self.record_path:

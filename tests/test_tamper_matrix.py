@@ -29,7 +29,7 @@ import pytest
 from test_tamper import BS, CBS, CS, FILES, PW, Golden, build, flip_at, key_path, read_all, swap
 
 from encfs_photo import check as checker
-from encfs_photo import vault
+from encfs_photo import crypto, vault
 from encfs_photo.errors import IntegrityError, VaultError
 from encfs_photo.fs import FileSystem
 from encfs_photo.meta import JOURNAL_PREFIX
@@ -104,12 +104,8 @@ def reorder_blocks(p: str, i: int, k: int) -> None:
 
 
 def journal_file(w: World, seq: int) -> str:
-    fs = FileSystem(vault.open_vault(LocalStore(w.a.root), passphrase=PW))
-    try:
-        from encfs_photo import crypto
-        return key_path(w.a.root, JOURNAL_PREFIX + crypto.journal_name(fs.vault.names_key, seq))
-    finally:
-        fs.close()
+    names_key = vault.open_vault(LocalStore(w.a.root), passphrase=PW).names_key
+    return key_path(w.a.root, JOURNAL_PREFIX + crypto.journal_name(names_key, seq))
 
 
 def head(w: World) -> int:

@@ -32,9 +32,14 @@ TMP_PREFIX = ".tmp-"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 
 
+def is_key(key: str) -> bool:
+    """True for an object key the cache can hold as a file name."""
+    return len(key) <= 200 and _KEY_RE.match(key) is not None
+
+
 def key_to_name(key: str) -> str:
     """A file name for an object key (``data/ab12`` -> ``data~ab12``); StoreError for a key we cannot hold."""
-    if len(key) > 200 or not _KEY_RE.match(key):
+    if not is_key(key):
         raise StoreError(f"bad object key {key!r}")
     return key.replace("/", "~")
 

@@ -88,7 +88,7 @@ from typing import Any
 
 from ..errors import ConflictError, PreconditionFailedError, StoreError, StoreFullError, StoreNotFoundError
 from .base import ObjectStore
-from .cache import TMP_PREFIX, CleanCache, key_to_name, name_to_key, read_fd, write_file
+from .cache import TMP_PREFIX, CleanCache, is_key, key_to_name, name_to_key, read_fd, write_file
 from .local import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -138,15 +138,6 @@ def _store_error(exc: OSError, what: str) -> StoreError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFullError(f"cache disk full while writing {what}")
     return StoreError(f"cache: {what}: {exc.strerror or exc}")
-
-
-def _is_key(text: str) -> bool:
-    """A line of meta/index that names an object we could hold (a damaged index only loses lines)."""
-    try:
-        key_to_name(text)
-    except StoreError:
-        return False
-    return True
 
 
 def _one_line(exc: BaseException) -> str:
@@ -277,7 +268,8 @@ class WriteBackStore:
         os.makedirs(self._meta_dir, mode=0o700, exist_ok=True)
         try:
             with open(os.path.join(self._meta_dir, "index"), errors="replace") as f:
-                self._meta_index = {key for line in f if _is_key(key := line.strip())}
+                # a damaged index only loses the lines that name no object we could hold
+                self._meta_index = {key for line in f if is_key(key := line.strip())}
         except FileNotFoundError:
             pass
 
