@@ -42,6 +42,7 @@ _CHUNK_AAD_MAGIC = b"EPC1"
 # Version 2 of the journal and slot AADs: their objects carry a key commitment.
 _JOURNAL_AAD_MAGIC = b"EPJ2"
 _SLOT_AAD_MAGIC = b"EPK2"
+_CLOSE_LOG_AAD_MAGIC = b"EPW1"
 LABEL_COMMIT = b"key-commitment"
 COMMIT_LEN = 32
 
@@ -316,6 +317,39 @@ def journal_aad(vault_id: bytes, seq: int) -> bytes:
 def journal_name(names_key: bytes, seq: int) -> str:
     """Object name of journal batch ``seq``: looks random, found by recomputing it."""
     return mac(names_key, b"journal " + struct.pack(">Q", seq))[:ID_LEN].hex()
+
+
+def close_log_key(meta_key: bytes) -> bytes:
+    return hkdf(meta_key, b"", b"close-log")
+
+
+def close_log_aad(vault_id: bytes, generation: bytes, index: int) -> bytes:
+    return _CLOSE_LOG_AAD_MAGIC + vault_id + generation + struct.pack(">Q", index)
+
+
+def seal_record(key: bytes, aad: bytes, payload: bytes) -> bytes:
+    """Pad (Padmé) and encrypt one close-log record: nonce (12) || ciphertext || tag (16).
+
+    No compression and no key commitment, unlike ``seal_blob``: a record is
+    mostly file content (incompressible) and is sealed on the path of every
+    close(), where zlib alone would cost more than the rest of the append."""
+    framed = struct.pack(">I", len(payload)) + payload
+    framed += bytes(padme(len(framed)) - len(framed))
+    nonce = random_bytes(NONCE_LEN)
+    return nonce + AESGCM(key).encrypt(nonce, framed, aad)
+
+
+def open_record(key: bytes, aad: bytes, sealed: bytes, what: str) -> bytes:
+    if len(sealed) < NONCE_LEN + TAG_LEN + 4:
+        raise IntegrityError(f"{what}: too short")
+    try:
+        framed = AESGCM(key).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], aad)
+    except InvalidTag:
+        raise IntegrityError(f"{what}: authentication failed") from None
+    (n,) = struct.unpack(">I", framed[:4])
+    if n > len(framed) - 4:
+        raise IntegrityError(f"{what}: bad payload length")
+    return framed[4:4 + n]
 
 
 def sha256(data: bytes) -> bytes:

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .closelog import LOG_MAX, CloseLog
 from .content import ChunkIO, ChunkRef, Segment, chunk_span
 from .errors import (
     BadFileHandleError,
@@ -45,7 +46,7 @@ from .errors import (
     StoreError,
     TooManyLinksError,
 )
-from .meta import ROOT_INO, Inode, Journal, Namespace, now_ns
+from .meta import ROOT_INO, Inode, Journal, Namespace, apply_batch, now_ns
 from .state import RollbackGuard
 from .vault import Vault
 
@@ -107,7 +108,7 @@ class Handle:
 class FileSystem:
     def __init__(self, vault: Vault, *, read_only: bool = False, dirty_cap: int = 64 << 20,
                  block_cache: int = 32 << 20, commit_interval: float = 2.0, state_dir: str | None = None,
-                 accept_rollback: bool = False) -> None:
+                 accept_rollback: bool = False, close_log: bool = True) -> None:
         self.vault = vault
         self.read_only = read_only
         self.chunk_size = vault.chunk_size
@@ -126,7 +127,6 @@ class FileSystem:
         # The newest pack object, while the batch naming it may still be rewritten
         # (Journal.fold_key): its segments, kept so a rewrite copies them unchanged.
         self._pack: list[tuple[int, int, ChunkRef, Segment]] = []
-        self._pack_refs = pack_refs(self.ns)
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._open: dict[int, int] = {}
@@ -134,9 +134,56 @@ class FileSystem:
         self._stop = threading.Event()
         self._committer: threading.Thread | None = None
         self.last_error: str | None = None
+        # A chunk sealed, or a big file's buffer, since the last commit: the
+        # next durability point must commit (the close log holds small files only).
+        self._must_commit = False
+        self._log: CloseLog | None = None
+        local_dir = getattr(vault.store, "local_dir", None)
+        folder = local_dir() if close_log and not read_only and local_dir is not None else None
+        if folder:
+            self._log = CloseLog.open(folder, vault.vault_id, vault.meta_key)
+        try:
+            replayed = self._open_log()
+        except BaseException:
+            if self._log is not None:
+                self._log.close()
+            raise
+        self._pack_refs = pack_refs(self.ns)
         self._purge_orphans()
+        if replayed:
+            log.info("close log: replayed %d closes not yet committed", replayed)
+            try:
+                self._commit()
+            except BaseException:
+                self._log.close()  # type: ignore[union-attr]
+                raise
 
     # ------------------------------------------------------------ lifecycle
+
+    def _open_log(self) -> int:
+        """Take in what the close log holds beyond the journal head; start its next generation."""
+        if self._log is None:
+            return 0
+        j = self._journal
+        records = self._log.recover(j.seq, j.prev)
+        for rec in records:
+            apply_batch(self.ns, rec.batch, pending=True)
+            for r in rec.batch["inodes"]:
+                ino = int(r["i"])
+                chunks = self._dirty.pop(ino, None)
+                if chunks:
+                    self._dirty_bytes -= sum(len(b) for b in chunks.values())
+                    self._dirty_order.pop((ino, 0), None)
+                node = self.ns.inodes.get(ino)
+                if ino in rec.data and node is not None:
+                    buf = bytearray(rec.data[ino])
+                    self._dirty[ino] = {0: buf}
+                    self._dirty_bytes += len(buf)
+                    self._dirty_order[(ino, 0)] = None
+        if not records:
+            self._log.start(j.seq, j.prev)
+        j.before_store = self._log.mark
+        return len(records)
 
     def start(self) -> None:
         """Start the periodic committer (metadata-only changes become durable within the interval)."""
@@ -159,10 +206,15 @@ class FileSystem:
             self._committer.join()
             self._committer = None
         with self._lock:
+            committed = False
             try:
                 if not self.read_only:
                     self._commit(snapshot=self._journal.since_snapshot > 0 or self.ns.pending())
+                    committed = True
             finally:
+                if self._log is not None:
+                    self._log.close(remove=committed)
+                    self._log = None
                 # Even when the last commit failed (it is logged by the caller
                 # and what was committed before stays), the keys go.
                 self._io.close()
@@ -200,6 +252,8 @@ class FileSystem:
                     self._seal(node, idx)
             self._io.wait_puts()  # a write-back store refuses puts once another writer won (ConflictError)
             folded = self._journal.commit(self.ns, snapshot, fold=bool(claimed))
+            self._must_commit = False
+            self._restart_log()
         except ConflictError as exc:
             self.read_only = True
             self.last_error = str(exc)
@@ -217,6 +271,45 @@ class FileSystem:
                 self._io.delete(ref)
             except StoreError as exc:  # an orphan costs space, not correctness
                 log.warning("could not delete unreferenced object %s: %s", ref.key, exc)
+
+    def _restart_log(self) -> None:
+        """Everything logged is in the journal now: begin a generation on its head."""
+        lg, j = self._log, self._journal
+        if lg is None or (lg.size == 0 and lg.base == (j.seq, j.prev)):
+            return
+        try:
+            lg.start(j.seq, j.prev)
+        except StoreError as exc:
+            # The old generation stays; its commit marker says which of its
+            # records the journal holds, so appending to it is still correct.
+            log.warning("%s", exc)
+
+    def _durable(self) -> None:
+        """Make every change so far durable: one close-log record if it can hold them, else a commit."""
+        lg = self._log
+        if lg is None or self._must_commit or lg.size >= LOG_MAX:
+            self._commit()
+            return
+        check = getattr(self.vault.store, "check_writable", None)
+        if check is not None:
+            try:
+                check()  # uploads stopped on another writer's batch: nothing logged now could be committed
+            except ConflictError as exc:
+                self.read_only = True
+                self.last_error = str(exc)
+                log.error("%s", exc)
+                raise
+        batch = self.ns.unlogged_batch()
+        if batch is None:
+            return
+        data = []
+        for ino in self.ns.unlogged:
+            chunks = self._dirty.get(ino)
+            if chunks is not None:
+                node = self.ns.inodes[ino]
+                data.append((ino, bytes(chunks[0][:node.size])))
+        lg.append(batch, data)
+        self.ns.logged()
 
     def _claim_fold(self, snapshot: bool, small: list[Inode]) -> list[str]:
         """Claim the queued newest batch (and pack) so this commit rewrites them instead of adding objects."""
@@ -236,7 +329,7 @@ class FileSystem:
         return keys
 
     def _pack_small(self, small: list[Inode], fold_pack: bool, fold_batch: bool) -> None:
-        """Seal small files' buffers as segments of one new pack object (with the newest pack's live ones)."""
+        """Seal small files' buffers as segments of new pack objects (with the newest pack's live ones)."""
         if not fold_batch:
             # The batch naming the newest pack is final now, so that pack is too.
             self._pack = []
@@ -249,26 +342,40 @@ class FileSystem:
         for node in small:
             buf = self._dirty[node.ino][0]
             new.append((node.ino, 0, None, self._io.seal_segment(bytes(buf[:node.size]))))
-        refs = self._io.write_pack([seg for *_, seg in carry + new])  # may raise: buffers stay dirty
-        if fold_pack and self._pack:
-            # Cancelled with the batch, never uploaded: no reference and no delete left for it.
-            self._pack_refs.pop(self._pack[0][2].key, None)
-        self._pack_refs[refs[0].key] = len(refs)
-        members = []
-        for (ino, idx, _, seg), ref in zip(carry + new, refs, strict=True):
-            members.append((ino, idx, ref, seg))
-            node = self.ns.inodes[ino]
-            chunks = self._dirty.get(ino)
-            if chunks is not None and idx in chunks:
-                self._dirty_bytes -= len(chunks.pop(idx))
-                self._dirty_order.pop((ino, idx), None)
-                if not chunks:
-                    del self._dirty[ino]
-            old = node.chunks.get(idx)
-            node.chunks[idx] = ref
-            if old is not None and old.sid != ref.sid:
-                self._discard(old)  # for a carried segment, its old pack is cancelled as a whole
-            self.ns.touch(node)
+        # Packs of at most PACK_CAP: a commit after a burst of closes (the close
+        # log defers them to the periodic commit) would otherwise make one huge
+        # object, which gc can delete only when every file in it is gone.
+        groups: list[list] = [[]]
+        size = 0
+        for member in carry + new:
+            n = len(member[3].body)
+            if groups[-1] and size + n > PACK_CAP:
+                groups.append([])
+                size = 0
+            groups[-1].append(member)
+            size += n
+        members: list = []
+        for i, group in enumerate(groups):
+            refs = self._io.write_pack([seg for *_, seg in group])  # may raise: buffers stay dirty
+            if i == 0 and fold_pack and self._pack:
+                # Cancelled with the batch, never uploaded: no reference and no delete left for it.
+                self._pack_refs.pop(self._pack[0][2].key, None)
+            self._pack_refs[refs[0].key] = len(refs)
+            members = []
+            for (ino, idx, _, seg), ref in zip(group, refs, strict=True):
+                members.append((ino, idx, ref, seg))
+                node = self.ns.inodes[ino]
+                chunks = self._dirty.get(ino)
+                if chunks is not None and idx in chunks:
+                    self._dirty_bytes -= len(chunks.pop(idx))
+                    self._dirty_order.pop((ino, idx), None)
+                    if not chunks:
+                        del self._dirty[ino]
+                old = node.chunks.get(idx)
+                node.chunks[idx] = ref
+                if old is not None and old.sid != ref.sid:
+                    self._discard(old)  # for a carried segment, its old pack is cancelled as a whole
+                self.ns.touch(node)
         self._pack = members
 
     def _seal(self, node: Inode | None, idx: int) -> None:
@@ -280,6 +387,7 @@ class FileSystem:
         limit = max(0, node.size - idx * self.chunk_size)
         if len(buf) > limit:
             del buf[limit:]
+        self._must_commit = True  # its object is not durable until the commit's flush
         ref = self._io.write(bytes(buf)) if buf else None  # may raise: buffer stays dirty
         del chunks[idx]
         if not chunks:
@@ -314,6 +422,8 @@ class FileSystem:
     def _dirty_chunk(self, node: Inode, idx: int) -> bytearray:
         chunks = self._dirty.setdefault(node.ino, {})
         buf = chunks.get(idx)
+        if idx:
+            self._must_commit = True  # past the first chunk: not a small file for the close log
         if buf is None:
             ref = node.chunks.get(idx)
             buf = bytearray(self._io.read(ref, 0, ref.length)) if ref else bytearray()
@@ -683,6 +793,8 @@ class FileSystem:
                         del buf[size - idx * cs:]
                         self._dirty_bytes -= excess
         node.size = size
+        if size > self._small and node.ino in self._dirty:
+            self._must_commit = True
         self._changed(node)
 
     # ------------------------------------------------------------ xattrs
@@ -816,6 +928,8 @@ class FileSystem:
                 self._seal(node, idx)  # a completed chunk leaves memory at once: big files stream
         if end > node.size:
             node.size = end
+        if node.size > self._small:
+            self._must_commit = True
         if node.mode & (st.S_ISUID | st.S_ISGID):
             node.mode &= ~(st.S_ISUID | st.S_ISGID)
         self._changed(node)
@@ -827,13 +941,13 @@ class FileSystem:
         """Called on every close(): what was written is durable when it returns."""
         h = self._handle(fh)
         if h.writable and not self.read_only:
-            self._commit()
+            self._durable()
 
     @locked
     def fsync(self, fh: int, datasync: bool = False) -> None:
         self._handle(fh)
         if not self.read_only:
-            self._commit()
+            self._durable()
 
     @locked
     def release(self, fh: int) -> None:

@@ -22,7 +22,7 @@ import os
 import stat as st
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from . import crypto
 from .content import DATA_PREFIX, ChunkRef
@@ -137,7 +137,7 @@ class Inode:
 
 
 class Namespace:
-    """Inodes by number, with the set of changes not yet in the journal."""
+    """Inodes by number, with the changes not yet in the journal, and those not yet in the close log."""
 
     def __init__(self) -> None:
         self.inodes: dict[int, Inode] = {}
@@ -145,6 +145,11 @@ class Namespace:
         self.dirty: set[int] = set()
         self.gone: set[int] = set()
         self.dents: dict[tuple[int, bytes], int | None] = {}
+        # The same three since the last close-log record (fs.py, closelog.py):
+        # a record carries only what changed after the one before it.
+        self.unlogged: set[int] = set()
+        self.unlogged_gone: set[int] = set()
+        self.unlogged_dents: dict[tuple[int, bytes], int | None] = {}
 
     def new_ino(self) -> int:
         ino = self.next_ino
@@ -155,14 +160,19 @@ class Namespace:
         self.inodes[node.ino] = node
         self.gone.discard(node.ino)
         self.dirty.add(node.ino)
+        self.unlogged_gone.discard(node.ino)
+        self.unlogged.add(node.ino)
 
     def touch(self, node: Inode) -> None:
         self.dirty.add(node.ino)
+        self.unlogged.add(node.ino)
 
     def drop(self, ino: int) -> None:
         self.inodes.pop(ino, None)
         self.dirty.discard(ino)
         self.gone.add(ino)
+        self.unlogged.discard(ino)
+        self.unlogged_gone.add(ino)
 
     def set_entry(self, parent: Inode, name: bytes, ino: int | None) -> None:
         assert parent.children is not None
@@ -171,9 +181,68 @@ class Namespace:
         else:
             parent.children[name] = ino
         self.dents[(parent.ino, name)] = ino
+        self.unlogged_dents[(parent.ino, name)] = ino
 
     def pending(self) -> bool:
         return bool(self.dirty or self.gone or self.dents)
+
+    def committed(self) -> None:
+        """Every change so far is in a stored batch (so in no close-log record still needed either)."""
+        self.dirty.clear()
+        self.gone.clear()
+        self.dents.clear()
+        self.logged()
+
+    def unlogged_batch(self) -> dict | None:
+        """The changes since the last close-log record, as a delta batch (FORMAT.md 7.2); None if none."""
+        if not (self.unlogged or self.unlogged_gone or self.unlogged_dents):
+            return None
+        return {"kind": "delta", "next_ino": self.next_ino,
+                "inodes": [self.inodes[i].to_record() for i in self.unlogged if i in self.inodes],
+                "gone": sorted(self.unlogged_gone),
+                "dents": [[d, _name_to_str(n), i] for (d, n), i in self.unlogged_dents.items()]}
+
+    def logged(self) -> None:
+        self.unlogged.clear()
+        self.unlogged_gone.clear()
+        self.unlogged_dents.clear()
+
+
+def apply_batch(ns: Namespace, batch: dict, pending: bool = False) -> None:
+    """Apply one decoded batch (journal, or close-log record) to ``ns``.
+
+    ``pending``: the changes are not in the journal yet (a close-log record
+    replayed at open): they are marked for the next commit."""
+    try:
+        if batch["kind"] == "snapshot":
+            ns.inodes.clear()
+        for r in batch["inodes"]:
+            node = Inode.from_record(r)
+            old = ns.inodes.get(node.ino)
+            if old is not None and old.children is not None and node.children is not None:
+                node.children = old.children
+            ns.inodes[node.ino] = node
+            if pending:
+                ns.gone.discard(node.ino)
+                ns.dirty.add(node.ino)
+        for ino in batch["gone"]:
+            ns.inodes.pop(int(ino), None)
+            if pending:
+                ns.dirty.discard(int(ino))
+                ns.gone.add(int(ino))
+        for d, name, ino in batch["dents"]:
+            parent = ns.inodes.get(int(d))
+            if parent is None or parent.children is None:
+                continue
+            if ino is None:
+                parent.children.pop(_str_to_name(name), None)
+            else:
+                parent.children[_str_to_name(name)] = int(ino)
+            if pending:
+                ns.dents[(int(d), _str_to_name(name))] = None if ino is None else int(ino)
+        ns.next_ino = max(ns.next_ino, int(batch["next_ino"]))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        raise IntegrityError(f"journal batch {batch.get('seq')}: malformed ({exc})") from None
 
 
 class _OpenBatch:
@@ -231,6 +300,10 @@ class Journal:
         # import of many small files costs one batch PUT per upload window.
         self.foldable = callable(getattr(store, "claim", None))
         self._open: _OpenBatch | None = None
+        # Called with (seq, stored bytes) before each batch put: the close log
+        # notes which batch covers its records (fs.py), so that a crash right
+        # after the put does not replay them twice.
+        self.before_store: Callable[[int, bytes], None] | None = None
 
     def _key(self, seq: int) -> str:
         return JOURNAL_PREFIX + crypto.journal_name(self._names_key, seq)
@@ -412,9 +485,7 @@ class Journal:
         self.seqs = seqs
         self.prev = prev_hash or _ZERO_HASH
         self.since_snapshot = len(blobs) - 1
-        ns.dirty.clear()
-        ns.gone.clear()
-        ns.dents.clear()
+        ns.committed()
         if ROOT_INO not in ns.inodes:
             raise IntegrityError("journal has no root directory")
         return ns
@@ -442,32 +513,13 @@ class Journal:
 
     @staticmethod
     def _apply(ns: Namespace, batch: dict) -> None:
-        try:
-            if batch["kind"] == "snapshot":
-                ns.inodes.clear()
-            for r in batch["inodes"]:
-                node = Inode.from_record(r)
-                old = ns.inodes.get(node.ino)
-                if old is not None and old.children is not None and node.children is not None:
-                    node.children = old.children
-                ns.inodes[node.ino] = node
-            for ino in batch["gone"]:
-                ns.inodes.pop(int(ino), None)
-            for d, name, ino in batch["dents"]:
-                parent = ns.inodes.get(int(d))
-                if parent is None or parent.children is None:
-                    continue
-                if ino is None:
-                    parent.children.pop(_str_to_name(name), None)
-                else:
-                    parent.children[_str_to_name(name)] = int(ino)
-            ns.next_ino = max(ns.next_ino, int(batch["next_ino"]))
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
-            raise IntegrityError(f"journal batch {batch.get('seq')}: malformed ({exc})") from None
+        apply_batch(ns, batch)
 
     # ---- writing
 
     def _store_batch(self, seq: int, blob: bytes) -> None:
+        if self.before_store is not None:
+            self.before_store(seq, blob)
         self.store.flush()  # every object this batch references is durable before it
         try:
             self.store.put(self._key(seq), blob, if_none_match=True)
@@ -557,9 +609,7 @@ class Journal:
             raise
         self._open = _OpenBatch(seq, self.prev, ns, len(blob)) if self.foldable and not snapshot else None
         self._advance(seq, blob, snapshot)
-        ns.dirty.clear()
-        ns.gone.clear()
-        ns.dents.clear()
+        ns.committed()
         return True
 
     def _fold(self, ns: Namespace) -> bool:
@@ -580,7 +630,5 @@ class Journal:
             raise
         o.size = len(blob)
         self._advance(o.seq, blob, False, folded=True)
-        ns.dirty.clear()
-        ns.gone.clear()
-        ns.dents.clear()
+        ns.committed()
         return True

@@ -40,15 +40,17 @@ def _read_all(fs: FileSystem, name: bytes) -> bytes:
 
 
 @pytest.mark.slow
-def test_kill9_at_random_points_loses_nothing_synced(tmp_path):
+@pytest.mark.parametrize("mode", ["commits", "closes"])
+def test_kill9_at_random_points_loses_nothing_synced(tmp_path, mode):
     store_dir = str(tmp_path / "store")
     os.makedirs(store_dir)
     vault.create(LocalStore(store_dir), "pw")
     rng = random.Random(1234)
     synced: dict[str, str] = {}
+    logged = 0
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__))] + sys.path))
     for round_ in range(KILLS):
-        proc = subprocess.Popen([sys.executable, WORKER, store_dir, str(round_)], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, WORKER, store_dir, str(round_), mode], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env, text=True)
         try:
             # wait for at least one synced file, then kill at a random moment after it
@@ -64,6 +66,8 @@ def test_kill9_at_random_points_loses_nothing_synced(tmp_path):
             parts = line.split()
             if len(parts) == 3 and parts[0] == "synced":
                 synced[parts[1]] = parts[2]
+        log = os.path.join(store_dir, ".tmp", "close-log")
+        logged += os.path.exists(log) and os.path.getsize(log) > 200  # closes a commit had not taken yet
         # the vault opens after every crash, and every reported file is intact
         fs = FileSystem(vault.open_vault(LocalStore(store_dir), passphrase="pw"))
         try:
@@ -72,6 +76,8 @@ def test_kill9_at_random_points_loses_nothing_synced(tmp_path):
         finally:
             fs.close()
     assert len(synced) >= KILLS
+    if mode == "closes":
+        assert logged >= KILLS // 4, logged  # the replay path was taken, not only clean commits
     report = check(vault.open_vault(LocalStore(store_dir), passphrase="pw"), read_data=True)
     assert report.problems == []
 

@@ -680,6 +680,7 @@ def test_xattrs(env):
 
 def test_unlinked_while_open_stays_usable_then_is_collected(env):
     keep = env.write_file(b"/keep", b"keep me")
+    env.fs.sync()  # its pack is stored now, not with the next commit
     keep_keys = env.data_keys()
     data = rand(CS + 3 * BS, 21)
     ino = env.write_file(b"/victim", data)
@@ -802,8 +803,10 @@ def test_read_only_mount(env):
 
 def test_second_writer_loses_visibly_and_nothing_is_clobbered(env):
     env.write_file(b"/base", b"base")
+    env.fs.sync()
     other = FileSystem(vault.open_vault(env.store, passphrase=PW))  # a second mount of the same vault
-    env.write_file(b"/from-first", b"first")  # committed by the first mount
+    env.write_file(b"/from-first", b"first")
+    env.fs.sync()  # committed by the first mount
     ino, fh = other.create(ROOT_INO, b"from-second", 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
     other.write(fh, 0, b"second")
     with pytest.raises(EncfsPhotoError) as ei:

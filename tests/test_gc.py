@@ -468,10 +468,10 @@ def test_cli_gc_on_a_store_dry_run_then_for_real(cli, tmp_path, few_deltas):
     before = sorted(store.list())
     r = cli.run("gc", root, "--password-file", pw, "--dry-run", "--grace", "1h")
     assert r.returncode == 0, r.stderr
-    assert "would delete 1 unreferenced chunk objects and 12 old journal batches" in r.stdout, r.stdout
+    assert "would delete 1 unreferenced chunk objects and 6 old journal batches" in r.stdout, r.stdout
     assert sorted(store.list()) == before
     r = cli.run("check", root, "--password-file", pw)
-    assert "1 unreferenced objects (garbage), 12 old journal batches" in r.stdout, r.stdout + r.stderr
+    assert "1 unreferenced objects (garbage), 6 old journal batches" in r.stdout, r.stdout + r.stderr
     r = cli.run("gc", root, "--password-file", pw)  # the default grace, 24 h
     assert r.returncode == 0 and "deleted 0 unreferenced" in r.stdout and "1 too young" in r.stdout, r.stdout
     r = cli.run("gc", root, "--password-file", pw, "--json", "--grace", "1h")

@@ -63,8 +63,9 @@ def sidecar(i: int) -> bytes:
 def write_closed(fs: FileSystem, parent: int, name: bytes, data: bytes) -> int:
     ino, fh = fs.create(parent, name, 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
     fs.write(fh, 0, data)
-    fs.flush(fh)  # close(): durable when it returns
+    fs.flush(fh)  # close(): durable when it returns (in the close log)
     fs.release(fh)
+    fs.sync()  # and committed, as every close is where there is no close log: what folding is for
     return ino
 
 

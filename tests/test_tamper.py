@@ -74,8 +74,9 @@ def build(root: str, layout: str) -> Golden:
         head, _, name = path.rpartition(b"/")
         ino, fh = fs.create(fs.resolve(head or b"/"), name, 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
         fs.write(fh, 0, data)
-        fs.flush(fh)  # one journal batch per file
+        fs.flush(fh)
         fs.release(fh)
+        fs.sync()  # one journal batch per file (a close alone goes to the close log)
     fs.symlink(ROOT_INO, b"link", b"dir/other", UID, GID)
     fs.sync()
     g = Golden(root)
@@ -332,8 +333,9 @@ def test_spliced_fork_is_refused(golden, tmp_path):
         for i in range(2):
             ino, fh = fs.create(ROOT_INO, f"{side}{i}".encode(), 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
             fs.write(fh, 0, side.encode() * 100)
-            fs.flush(fh)  # one batch each
+            fs.flush(fh)
             fs.release(fh)
+            fs.sync()  # one batch each
         roots[side] = root  # dropped without close: the new batches stay deltas
     n = len(g.journal)
     keys = [JOURNAL_PREFIX + crypto.journal_name(names_key, seq) for seq in (n, n + 1)]

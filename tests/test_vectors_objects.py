@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from encfs_photo import content, crypto, lease, meta, state, vault
+from encfs_photo import closelog, content, crypto, lease, meta, state, vault
 from encfs_photo.errors import IntegrityError
 from encfs_photo.store import MemoryStore
 
@@ -93,3 +93,28 @@ def test_pack_segment_and_its_digest():
     ref = content.ChunkRef(bytes.fromhex("ee" * 16), len(plain), bytes.fromhex(s["digest"]), sid, 40)
     assert io.read(ref, 0, len(plain)) == plain
     io.close()
+
+
+def test_close_log_file_replays_under_the_derived_key(tmp_path):
+    """FORMAT.md 9.1: the header names the empty journal; the marker names batch 0 by its hash."""
+    cl = V["close_log"]
+    meta_key = bytes.fromhex(cl["meta_key"])
+    assert crypto.close_log_key(meta_key).hex() == cl["key"]
+    raw = bytes.fromhex(cl["file"])
+    assert raw[:8] == closelog.MAGIC and raw[8:24].hex() == cl["generation"]
+    (tmp_path / closelog.FILE).write_bytes(raw)
+    lg = closelog.CloseLog.open(str(tmp_path), VAULT_ID, meta_key)
+    records = lg.recover(-1, bytes(32))  # the head is still the header's: the delta replays
+    assert len(records) == 1
+    rec = records[0]
+    assert {k: rec.batch[k] for k in cl["delta"]} == cl["delta"]
+    assert rec.data == {2: cl["data"].encode()}
+    lg.close()
+    lg = closelog.CloseLog.open(str(tmp_path), VAULT_ID, meta_key)
+    assert lg.recover(0, crypto.sha256(b"batch zero")) == []  # the marked batch is the head: nothing new
+    assert (tmp_path / closelog.FILE).exists()  # and nothing was kept aside
+    lg.close()
+    other = closelog.CloseLog.open(str(tmp_path), bytes(16), meta_key)  # another vault's AAD
+    with pytest.raises(IntegrityError):
+        other.recover(-1, bytes(32))
+    other.close()

@@ -643,7 +643,8 @@ def test_filesystem_turns_read_only_when_another_device_won(tmp_path):
         fs_b.close()
         ino, fh = fs_a.create(ROOT_INO, b"from-a", 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
         fs_a.write(fh, 0, b"a" * 5000)
-        fs_a.flush(fh)  # lands in the cache: the bucket is not consulted
+        fs_a.flush(fh)
+        fs_a.sync()  # lands in the cache: the bucket is not consulted
         inner.gate.set()
         with pytest.raises(ConflictError):
             wb.wait_uploaded(timeout=30)

@@ -41,6 +41,11 @@ class FaultyStore:
     def describe(self) -> str:
         return f"faulty({self.inner.describe()})"
 
+    def local_dir(self) -> str | None:
+        """The inner store's (a faulty network does not touch the local disk)."""
+        inner = getattr(self.inner, "local_dir", None)
+        return inner() if inner is not None else None
+
     def _before_put(self, key: str) -> None:
         if self.latency:
             time.sleep(self.latency)

@@ -49,6 +49,10 @@ class LocalStore:
     def describe(self) -> str:
         return self.root
 
+    def local_dir(self) -> str:
+        """Where the filesystem may keep its close log: beside the objects, so it moves with the folder."""
+        return os.path.join(self.root, _TMP)
+
     def _path(self, key: str) -> str:
         if not key or key.startswith("/") or ".." in key.split("/"):
             raise StoreError(f"bad object key {key!r}")

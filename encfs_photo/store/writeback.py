@@ -350,6 +350,10 @@ class WriteBackStore:
     def _path(self, e: _Entry) -> str:
         return os.path.join(self._pending_dir, e.name)
 
+    def check_writable(self) -> None:
+        """ConflictError once uploads stopped on another writer's batch (StoreError once closed)."""
+        self._check_writable()
+
     def _check_writable(self) -> None:
         if self._conflict is not None:
             raise ConflictError(f"{self._conflict}; this mount is read-only to avoid clobbering the other writer")
@@ -481,6 +485,10 @@ class WriteBackStore:
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    def local_dir(self) -> str:
+        """Where the filesystem may keep its close log: the cache folder, beside the upload queue."""
+        return self.cache_dir
 
     def put(self, key: str, data: bytes, *, if_none_match: bool = False, durable: bool = True) -> None:
         key_to_name(key)

@@ -1,8 +1,12 @@
 """Crash-test worker: writes files through FileSystem, reports each after fsync.
 
-Run as ``python crash_worker.py STORE SEED``; prints ``synced NAME SHA256`` on
-stdout once fsync (or close) of NAME has returned. The parent kills it with
-SIGKILL at a random moment and checks every reported file.
+Run as ``python crash_worker.py STORE SEED [closes]``; prints ``synced NAME
+SHA256`` on stdout once fsync (or close) of NAME has returned. The parent kills
+it with SIGKILL at a random moment and checks every reported file.
+
+``closes``: sidecar-sized files under their final names, reported as soon as
+close() returns (no sync: the close log alone makes them durable), with the
+background committer packing them every 50 ms meanwhile.
 """
 
 import hashlib
@@ -23,6 +27,8 @@ def main() -> None:
     fs = FileSystem(open_vault(LocalStore(store), passphrase="pw"), commit_interval=0.05)
     fs.start()  # the background committer runs too: crashes can land inside it
     scratch = fs.resolve(b"/")
+    if sys.argv[3:] == ["closes"]:
+        closes(fs, scratch, seed, rng)
     n = 0
     while True:
         n += 1
@@ -49,6 +55,19 @@ def main() -> None:
             _, fh = fs.create(scratch, b"noise", 0o644, os.O_WRONLY, 0, 0)
             fs.write(fh, 0, rng.randbytes(rng.randint(0, 200_000)))
             fs.release(fh)
+
+
+def closes(fs: FileSystem, scratch: int, seed: int, rng: random.Random) -> None:
+    n = 0
+    while True:
+        n += 1
+        name = f"c{seed}-{n}".encode()
+        data = rng.randbytes(rng.choice([0, 100, 8192, 65536, 200_000]))
+        ino, fh = fs.create(scratch, name, 0o644, os.O_WRONLY, 0, 0)
+        fs.write(fh, 0, data)
+        fs.flush(fh)
+        print("synced", name.decode(), hashlib.sha256(data).hexdigest(), flush=True)
+        fs.release(fh)
 
 
 if __name__ == "__main__":

@@ -167,9 +167,32 @@ def derivation_vectors() -> dict:
                                    "ABCD EFGH IJKL MNOP QRST UVWX YZ23 4567",
                                    "abcd-efgh-1jkl-mn0p-qrst-uvwx-yz23-4567"],
                          "normalised": vault.normalize_recovery_key(recovery).decode()},
+        "close_log": close_log_vector(),
         "segment": {"content_key": content_key.hex(), "seal_id": sid.hex(), "block_size": 64,
                     "plaintext_len": 300, "sealed": segment.hex(), "digest": content.digest(segment).hex()},
     }
+
+
+def close_log_vector() -> dict:
+    """A close log of one generation: header on the empty journal, a delta with a file's bytes, a marker."""
+    import tempfile
+
+    from encfs_photo import closelog
+
+    meta_key = crypto.subkey(MASTER, VAULT_ID, crypto.LABEL_META)
+    with tempfile.TemporaryDirectory() as d:
+        lg = closelog.CloseLog.open(d, VAULT_ID, meta_key)
+        lg.start(-1, bytes(32))
+        delta = {"kind": "delta", "next_ino": 3, "gone": [], "dents": [[1, "IMG_0001.xmp", 2]],
+                 "inodes": [{"i": 2, "m": 0o100644, "u": 1000, "g": 1000, "n": 1, "s": 11,
+                             "a": 1, "t": 1, "c": 1}]}
+        lg.append(delta, [(2, b"<x:xmpmeta/>"[:11])])
+        lg.mark(0, b"batch zero")
+        with open(lg.path, "rb") as f:
+            raw = f.read()
+        lg.close()
+    return {"meta_key": meta_key.hex(), "key": crypto.close_log_key(meta_key).hex(),
+            "generation": raw[8:24].hex(), "file": raw.hex(), "delta": delta, "data": "<x:xmpmeta/"}
 
 
 def padme_vectors() -> dict:
