@@ -6,12 +6,14 @@ failures to EIO with a log line naming the object. No POSIX rule lives here.
 
 mfusepy 3.1.1 drops what libfuse 3 passes in a few callbacks; `_Fuse`
 restores it: renameat2 flags (a silent plain rename would destroy the target
-of RENAME_NOREPLACE/RENAME_EXCHANGE), UTIME_NOW/UTIME_OMIT, and the file
-handle of truncate/chmod/chown (needed for files unlinked while open).
+of RENAME_NOREPLACE/RENAME_EXCHANGE), UTIME_NOW/UTIME_OMIT, the file
+handle of truncate/chmod/chown (needed for files unlinked while open), and
+the attributes of directory entries for READDIRPLUS.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -32,7 +34,7 @@ if sys.platform.startswith("linux") and not (os.environ.get("FUSE_LIBRARY_PATH")
 
 import mfusepy as fuse  # noqa: E402
 
-from .errors import EncfsPhotoError, IntegrityError
+from .errors import EncfsPhotoError, IntegrityError, NoAttrError
 from .fs import UTIME_NOW, FileSystem
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,10 @@ class Operations(fuse.Operations):
         return out
 
     @_errno
+    def readdir_plus(self, fh: int) -> list[tuple[bytes, dict[str, Any] | None]]:
+        return self.fs.readdir_plus(fh)
+
+    @_errno
     def opendir(self, path: str) -> int:
         ino = self._ino(path)
         self.fs.readdir(ino)  # ENOTDIR now rather than at readdir
@@ -269,6 +275,10 @@ class Operations(fuse.Operations):
         return self.fs.getxattr(self._ino(path), os.fsencode(name))
 
     @_errno
+    def xattr(self, path: str, name: str) -> bytes | None:
+        return self.fs.xattr(self._ino(path), os.fsencode(name))
+
+    @_errno
     def listxattr(self, path: str) -> list[str]:
         return [os.fsdecode(n) for n in self.fs.listxattr(self._ino(path))]
 
@@ -333,6 +343,38 @@ class _Fuse(fuse.FUSE):
     def _fh(fip: Any) -> int | None:
         return fip.contents.fh if fip else None
 
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        # mfusepy hands the filler only mode and inode, and never FUSE_FILL_DIR_PLUS.
+        # With every entry's attributes in the READDIRPLUS reply, the kernel
+        # knows them when `ls -l` or a photo browser stats each entry: no
+        # LOOKUP round trip per file. Offsets (entry index + 1) are needed for
+        # that: libfuse 3.14 links a "plus" entry to its inode only on that
+        # path, and then asks again from the last offset it could fit.
+        plus = bool(flags & _READDIR_PLUS)
+        entries = self.operations.readdir_plus(fip.contents.fh)
+        for i in range(offset, len(entries)):
+            name, attrs = entries[i]
+            st = fuse.c_stat()
+            if attrs is not None:
+                fuse.set_st_attrs(st, attrs, use_ns=self.use_ns)
+            if filler(buf, name, st, i + 1, _FILL_DIR_PLUS if plus and attrs is not None else 0) != 0:
+                break
+        return 0
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        # `ls -l` asks security.selinux and system.posix_acl_access of every
+        # entry, and they are never there: ENODATA straight back, not through
+        # two raised exceptions (fs, then mfusepy's wrapper).
+        found = self.operations.xattr(self._path(path), self._path(name))
+        if found is None:
+            return -NoAttrError.errno
+        if not value:
+            return len(found)  # a size query
+        if len(found) > size:
+            return -errno.ERANGE
+        ctypes.memmove(value, found, len(found))
+        return len(found)
+
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename_flags(self._path(old), self._path(new), flags)
 
@@ -365,6 +407,8 @@ class _Fuse(fuse.FUSE):
 
 
 READ_AHEAD_KB = 1024
+_READDIR_PLUS = 1  # enum fuse_readdir_flags: the kernel asked with READDIRPLUS
+_FILL_DIR_PLUS = 2  # enum fuse_fill_dir_flags: this entry's stat is complete, for READDIRPLUS
 
 
 def _unescape_mountinfo(field: str) -> str:

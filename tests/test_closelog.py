@@ -234,7 +234,7 @@ def test_the_log_holds_no_plaintext(v):
 
 
 def test_periodic_commits_cut_packs_of_at_most_the_pack_cap(v):
-    from encfs_photo.fs import PACK_CAP
+    from encfs_photo.commit import PACK_CAP
     fs = v.open()
     for i in range(100):  # 800 KiB of sidecars, then one commit
         write_closed(fs, ROOT_INO, f"s{i}".encode(), sidecar(i))

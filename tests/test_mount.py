@@ -444,6 +444,53 @@ def test_folder_with_10000_entries(vault_mount):
     assert len(os.listdir(d)) == 9_999
 
 
+def test_listing_carries_each_entrys_attributes(vault_mount):
+    """READDIRPLUS (mount._Fuse.readdir_fuse_3): what a listing tells the kernel is each file's own stat."""
+    vm = vault_mount
+    d = vm.path("shoot")
+    os.mkdir(d)
+    want = {}
+    for i in range(600):  # several READDIRPLUS replies: offsets resume where the last one stopped
+        p = os.path.join(d, f"IMG_{i:04d}" + "x" * (i % 40))
+        write_file(p, rnd(i * 37 % 5000, i))
+        os.chmod(p, 0o600 | (i % 2) * 0o044)
+        os.utime(p, ns=(i * 10**9, (i + 1) * 10**9 + i))
+        want[os.path.basename(p)] = (i * 37 % 5000, 0o600 | (i % 2) * 0o044, (i + 1) * 10**9 + i)
+    os.symlink("IMG_0001x", os.path.join(d, "link"))
+    vm.remount()
+    with open("/proc/sys/vm/drop_caches", "w") if os.geteuid() == 0 else open(os.devnull, "w") as f:
+        f.write("3\n")
+    with os.scandir(d) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    assert [e.name for e in entries] == sorted([*want, "link"])
+    for e in entries:
+        s = e.stat(follow_symlinks=False)
+        if e.name == "link":
+            assert e.is_symlink() and stat.S_ISLNK(s.st_mode) and s.st_size == len("IMG_0001x")
+            continue
+        size, mode, mtime = want[e.name]
+        assert (s.st_size, stat.S_IMODE(s.st_mode), s.st_mtime_ns) == (size, mode, mtime), e.name
+        assert stat.S_ISREG(s.st_mode) and s.st_nlink == 1
+    out = subprocess.run(["ls", "-l", d], check=True, capture_output=True, text=True).stdout
+    assert len(out.splitlines()) == 1 + len(want) + 1  # "total" and one line each
+
+
+def test_getxattr_size_query_and_small_buffer(vault_mount):
+    """mount._Fuse.getxattr answers without exceptions: a size query, ERANGE, and ENODATA."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    p = vault_mount.path("f")
+    write_file(p, b"x")
+    os.setxattr(p, "user.k", b"0123456789")
+    bp = os.fsencode(p)
+    assert libc.getxattr(bp, b"user.k", None, 0) == 10
+    buf = ctypes.create_string_buffer(4)
+    assert libc.getxattr(bp, b"user.k", buf, 4) == -1 and ctypes.get_errno() == errno.ERANGE
+    buf = ctypes.create_string_buffer(16)
+    assert libc.getxattr(bp, b"user.k", buf, 16) == 10 and buf.raw[:10] == b"0123456789"
+    assert libc.getxattr(bp, b"security.selinux", buf, 16) == -1 and ctypes.get_errno() == errno.ENODATA
+    assert errno_of(os.getxattr, vault_mount.path("missing"), "user.k") == errno.ENOENT
+
+
 # ------------------------------------------------------------------ links and attributes
 
 
