@@ -186,8 +186,8 @@ class Operations(fuse.Operations):
         return out
 
     @_errno
-    def readdir_plus(self, fh: int) -> list[tuple[bytes, dict[str, Any] | None]]:
-        return self.fs.readdir_plus(fh)
+    def readdir_plus(self, fh: int, start: int, count: int) -> list[tuple[bytes, dict[str, Any] | None]]:
+        return self.fs.readdir_plus(fh, start, count)
 
     @_errno
     def opendir(self, path: str) -> int:
@@ -351,15 +351,20 @@ class _Fuse(fuse.FUSE):
         # that: libfuse 3.14 links a "plus" entry to its inode only on that
         # path, and then asks again from the last offset it could fit.
         plus = bool(flags & _READDIR_PLUS)
-        entries = self.operations.readdir_plus(fip.contents.fh)
-        for i in range(offset, len(entries)):
-            name, attrs = entries[i]
-            st = fuse.c_stat()
-            if attrs is not None:
-                fuse.set_st_attrs(st, attrs, use_ns=self.use_ns)
-            if filler(buf, name, st, i + 1, _FILL_DIR_PLUS if plus and attrs is not None else 0) != 0:
-                break
-        return 0
+        pos = offset
+        while True:
+            # A reply buffer holds about 100 entries with attributes; ask for
+            # slices, not the whole folder, on each of the kernel's calls.
+            entries = self.operations.readdir_plus(fip.contents.fh, pos, _READDIR_SLICE)
+            for name, attrs in entries:
+                pos += 1
+                st = fuse.c_stat()
+                if attrs is not None:
+                    fuse.set_st_attrs(st, attrs, use_ns=self.use_ns)
+                if filler(buf, name, st, pos, _FILL_DIR_PLUS if plus and attrs is not None else 0) != 0:
+                    return 0
+            if len(entries) < _READDIR_SLICE:
+                return 0
 
     def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
         # `ls -l` asks security.selinux and system.posix_acl_access of every
@@ -409,6 +414,7 @@ class _Fuse(fuse.FUSE):
 READ_AHEAD_KB = 1024
 _READDIR_PLUS = 1  # enum fuse_readdir_flags: the kernel asked with READDIRPLUS
 _FILL_DIR_PLUS = 2  # enum fuse_fill_dir_flags: this entry's stat is complete, for READDIRPLUS
+_READDIR_SLICE = 128
 
 
 def _unescape_mountinfo(field: str) -> str:
