@@ -69,6 +69,7 @@ class Committer:
             return 0
         j = self._journal
         records = self._log.recover(j.seq, j.prev)
+        committed = {ref.key: ref for node in self.ns.inodes.values() for ref in node.chunks.values()}
         for rec in records:
             apply_batch(self.ns, rec.batch, pending=True)
             for r in rec.batch["inodes"]:
@@ -83,7 +84,15 @@ class Committer:
                     self._dirty[ino] = {0: buf}
                     self._dirty_bytes += len(buf)
                     self._dirty_order[(ino, 0)] = None
-        if not records:
+        if records:
+            # What the head references and the logged closes no longer do (a
+            # file rewritten or deleted before the crash): the objects the
+            # lost mount would have deleted after its next commit.
+            live = {ref.key for node in self.ns.inodes.values() for ref in node.chunks.values()}
+            for key, ref in committed.items():
+                if key not in live:
+                    self._garbage.append(ChunkRef(ref.object_id, 0) if ref.packed else ref)
+        else:
             self._log.start(j.seq, j.prev)
         j.before_store = self._log.mark
         return len(records)

@@ -421,3 +421,22 @@ def test_a_second_writer_on_the_folder_commits_per_close(tmp_path):
     fs.close()
     with pytest.raises(ConflictError):
         other.close()  # and the journal's if-none-match stops the second writer, as ever
+
+
+def test_objects_of_files_deleted_before_the_crash_are_deleted_at_replay(v):
+    """The lost mount would have deleted them after its next commit; the replay's commit does."""
+    fs = v.open()
+    write_closed(fs, ROOT_INO, b"old", b"o" * 3000)
+    write_closed(fs, ROOT_INO, b"big", random.Random(2).randbytes(300 * 1024))  # commits both
+    store = fs.vault.store
+    gone = {fs.ns.inodes[fs.resolve(p)].chunks[0].key for p in (b"/old", b"/big")}
+    assert all(store.exists(k) for k in gone)
+    fs.unlink(ROOT_INO, b"old")
+    fs.unlink(ROOT_INO, b"big")
+    write_closed(fs, ROOT_INO, b"new", b"n" * 10)  # logged, with the two unlinks
+    want = tree(fs)
+    v.crash(fs)
+    fs = v.open()
+    assert tree(fs) == want
+    assert not any(fs.vault.store.exists(k) for k in gone)
+    v.close(fs)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat as st
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -91,10 +93,24 @@ def fresh_store() -> tuple[MemoryStore, bytes]:
     return store, _MASTER[0]
 
 
+class LoggedMemoryStore(MemoryStore):
+    """A memory store with a local folder, so the FileSystem keeps a close log (DESIGN.md 20) there."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def local_dir(self) -> str:
+        return self.folder
+
+
 class FsModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.store, self.master = fresh_store()
+        plain, self.master = fresh_store()
+        self.tmp = tempfile.mkdtemp(prefix="encfs-model-")
+        self.store = LoggedMemoryStore(self.tmp)
+        self.store.objects.update(plain.objects)
         self.fs = self.mount()
         self.root = MDir(ROOT_INO)
         self.counter = 0
@@ -109,6 +125,7 @@ class FsModel(RuleBasedStateMachine):
             self.fs.close()
         except EncfsPhotoError:
             pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ---- model helpers
 
@@ -305,6 +322,16 @@ class FsModel(RuleBasedStateMachine):
     @rule()
     def remount(self):
         self.fs.close()
+        self.fs = self.mount()
+
+    @rule()
+    def crash_after_a_close(self):
+        """What a close() does (one close-log record when it can), then a crash: everything comes back."""
+        with self.fs._lock:
+            self.fs._durable()
+        if self.fs._log is not None:
+            self.fs._log.close()  # the kernel closes a dead process's descriptors
+        self.fs._stop.set()
         self.fs = self.mount()
 
     @rule()
