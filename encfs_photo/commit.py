@@ -72,14 +72,11 @@ class Committer:
         committed = {ref.key: ref for node in self.ns.inodes.values() for ref in node.chunks.values()}
         for rec in records:
             apply_batch(self.ns, rec.batch, pending=True)
-            for r in rec.batch["inodes"]:
-                ino = int(r["i"])
-                chunks = self._dirty.pop(ino, None)
-                if chunks:
-                    self._dirty_bytes -= sum(len(b) for b in chunks.values())
-                    self._dirty_order.pop((ino, 0), None)
-                node = self.ns.inodes.get(ino)
-                if ino in rec.data and node is not None:
+            # Each listed inode's unsaved bytes are what this record says, none
+            # if it names none; a deleted one has none left.
+            for ino in [int(r["i"]) for r in rec.batch["inodes"]] + [int(i) for i in rec.batch["gone"]]:
+                self._drop_dirty(ino)
+                if ino in rec.data and ino in self.ns.inodes:
                     buf = bytearray(rec.data[ino])
                     self._dirty[ino] = {0: buf}
                     self._dirty_bytes += len(buf)
@@ -298,15 +295,15 @@ class Committer:
         self._dirty_order.move_to_end((node.ino, idx))
         return buf
 
-    def _drop_dirty(self, node: Inode, keep: Callable[[int], bool] = lambda idx: False) -> None:
-        chunks = self._dirty.get(node.ino)
+    def _drop_dirty(self, ino: int, keep: Callable[[int], bool] = lambda idx: False) -> None:
+        chunks = self._dirty.get(ino)
         if not chunks:
             return
         for idx in [i for i in chunks if not keep(i)]:
             self._dirty_bytes -= len(chunks.pop(idx))
-            self._dirty_order.pop((node.ino, idx), None)
+            self._dirty_order.pop((ino, idx), None)
         if not chunks:
-            del self._dirty[node.ino]
+            del self._dirty[ino]
 
     def _enforce_cap(self) -> None:
         while self._dirty_bytes > self._dirty_cap and self._dirty_order:

@@ -384,7 +384,7 @@ class FileSystem(Committer):
             self._destroy(node)
 
     def _destroy(self, node: Inode) -> None:
-        self._drop_dirty(node)
+        self._drop_dirty(node.ino)
         for ref in node.chunks.values():
             self._discard(ref)
         node.chunks = {}
@@ -542,7 +542,7 @@ class FileSystem(Committer):
             keep_upto = -(-size // cs)  # chunks with index >= this lie wholly past the end
             for idx in [i for i in node.chunks if i >= keep_upto]:
                 self._discard(node.chunks.pop(idx))
-            self._drop_dirty(node, keep=lambda i: i < keep_upto)
+            self._drop_dirty(node.ino, keep=lambda i: i < keep_upto)
             if size % cs:
                 idx = size // cs
                 ref = node.chunks.get(idx)
