@@ -23,6 +23,7 @@ Callers: `fs`. Imports crypto, errors, store.local (fsync_dir).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -54,7 +55,7 @@ class Record:
 
 
 def _error(exc: OSError, what: str) -> StoreError:
-    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFullError(f"close log: disk full while {what}")
     return StoreError(f"close log: {what}: {exc.strerror}")
 
@@ -246,7 +247,7 @@ class CloseLog:
             raise _error(exc, "creating") from None
         try:
             if os.write(fd, header) != len(header):
-                raise OSError(28, "short write")
+                raise OSError(errno.ENOSPC, "short write")
             os.fsync(fd)
             fsync_dir(self.folder)  # the new name must survive too
         except OSError as exc:
@@ -269,7 +270,7 @@ class CloseLog:
         try:
             written = os.write(self._fd, frame)
             if written != len(frame):
-                raise OSError(28, "short write")
+                raise OSError(errno.ENOSPC, "short write")
             os.fdatasync(self._fd)
         except OSError as exc:
             try:

@@ -68,7 +68,11 @@ class Committer:
         if self._log is None:
             return 0
         j = self._journal
+        j.before_store = self._log.mark
         records = self._log.recover(j.seq, j.prev)
+        if not records:
+            self._log.start(j.seq, j.prev)
+            return 0
         committed = {ref.key: ref for node in self.ns.inodes.values() for ref in node.chunks.values()}
         for rec in records:
             apply_batch(self.ns, rec.batch, pending=True)
@@ -81,17 +85,13 @@ class Committer:
                     self._dirty[ino] = {0: buf}
                     self._dirty_bytes += len(buf)
                     self._dirty_order[(ino, 0)] = None
-        if records:
-            # What the head references and the logged closes no longer do (a
-            # file rewritten or deleted before the crash): the objects the
-            # lost mount would have deleted after its next commit.
-            live = {ref.key for node in self.ns.inodes.values() for ref in node.chunks.values()}
-            for key, ref in committed.items():
-                if key not in live:
-                    self._garbage.append(ChunkRef(ref.object_id, 0) if ref.packed else ref)
-        else:
-            self._log.start(j.seq, j.prev)
-        j.before_store = self._log.mark
+        # What the head references and the logged closes no longer do (a file
+        # rewritten or deleted before the crash): the objects the lost mount
+        # would have deleted after its next commit.
+        live = {ref.key for node in self.ns.inodes.values() for ref in node.chunks.values()}
+        for key, ref in committed.items():
+            if key not in live:
+                self._garbage.append(ChunkRef(ref.object_id, 0) if ref.packed else ref)
         return len(records)
 
     def _purge_orphans(self) -> None:
@@ -117,9 +117,7 @@ class Committer:
             self._must_commit = False
             self._restart_log()
         except ConflictError as exc:
-            self.read_only = True
-            self.last_error = str(exc)
-            log.error("%s", exc)
+            self._conflicted(exc)
             raise
         finally:
             if claimed:
@@ -133,6 +131,12 @@ class Committer:
                 self._io.delete(ref)
             except StoreError as exc:  # an orphan costs space, not correctness
                 log.warning("could not delete unreferenced object %s: %s", ref.key, exc)
+
+    def _conflicted(self, exc: ConflictError) -> None:
+        """Another writer won: this mount turns read-only, and says why."""
+        self.read_only = True
+        self.last_error = str(exc)
+        log.error("%s", exc)
 
     def _restart_log(self) -> None:
         """Everything logged is in the journal now: begin a generation on its head."""
@@ -157,9 +161,7 @@ class Committer:
             try:
                 check()  # uploads stopped on another writer's batch: nothing logged now could be committed
             except ConflictError as exc:
-                self.read_only = True
-                self.last_error = str(exc)
-                log.error("%s", exc)
+                self._conflicted(exc)
                 raise
         batch = self.ns.unlogged_batch()
         if batch is None:

@@ -290,10 +290,8 @@ class FileSystem(Committer):
         """Entries ``start`` to ``start + count`` of ``readdir``, each with its attributes (None for an
         inode not found). A listing is asked for in slices: the attributes of a 10,000-entry folder
         must not be built again for every reply buffer the kernel fills."""
-        d = self._dir(ino)
-        names = [(b".", d.ino), (b"..", d.parent or ROOT_INO)] + list(d.children.items())  # type: ignore[union-attr]
         out = []
-        for name, child in names[start:None if count is None else start + count]:
+        for name, child in self.readdir(ino)[start:None if count is None else start + count]:
             node = self.ns.inodes.get(child)
             out.append((name, self._attrs(node) if node is not None else None))
         return out
